@@ -1,0 +1,43 @@
+# dlrun: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help install train test test-slow lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install dlrun with its dev extras (editable)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+train: install ## Train the default experiment (extra overrides: make train ARGS="model=lenet5")
+	$(BIN)/dlrun $(ARGS)
+
+test: install ## Run the fast test suite (CPU, a few minutes)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-slow: install ## Run the slow tests too
+	$(BIN)/python -m pytest -m "slow or not slow" $(ARGS)
+
+lint: install ## Lint with ruff
+	$(BIN)/ruff check dlrun tests
+	$(BIN)/ruff format --check dlrun tests
+
+format: install ## Format the code with ruff
+	$(BIN)/ruff check --fix dlrun tests
+	$(BIN)/ruff format dlrun tests
+
+clean: ## Remove build files, caches and run folders (outputs/ keeps its .gitignore)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+	find outputs -mindepth 1 -not -name .gitignore -prune -exec rm -rf {} +

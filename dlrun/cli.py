@@ -1,0 +1,86 @@
+"""The `dlrun` command: Hydra composes the config from configs/ and the command line, then
+`dlrun.runner.run` does the work in the run folder Hydra made.
+
+User mistakes (an unknown option, a wrong type, a value out of range) print one `dlrun: ...`
+message and exit with code 2, without a traceback. HYDRA_FULL_ERROR=1 shows the full one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from dlrun.catalog import load_catalog
+
+
+def find_config_dir() -> Path:
+    """configs/ ships inside the wheel as dlrun/configs; in a source checkout it sits beside
+    the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"dlrun's configs/ folder is missing (looked in {here} and {here.parent})")
+
+
+CONFIG_DIR = find_config_dir()
+load_catalog()  # the schemas must be in Hydra's ConfigStore before it composes
+
+
+# A user mistake found inside the task is kept here and reported after Hydra returns, so that
+# Hydra does not print its own "Error executing job" banner around our one-line message.
+_user_errors: list = []
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _train(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from dlrun.errors import UserError
+    from dlrun.runner import run
+
+    try:
+        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+    except UserError as ex:
+        if os.environ.get("DLRUN_TRACEBACK") == "1":
+            raise
+        _user_errors.append(ex)
+        return None
+    return summary["monitor"]["best"]  # what a Hydra sweeper optimizes
+
+
+def main() -> None:
+    from dlrun.errors import UserError, describe_hydra_error
+
+    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if show_traceback:
+        os.environ["DLRUN_TRACEBACK"] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's own report
+    try:
+        _train()
+        if _user_errors:
+            raise _user_errors[0]
+    except UserError as ex:
+        if show_traceback:
+            raise
+        fail(str(ex), ex.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted.", 130)
+    except Exception as ex:
+        message = None if show_traceback else describe_hydra_error(ex, CONFIG_DIR)
+        if message is None:
+            raise
+        fail(message, 2)
+
+
+def fail(message: str, code: int) -> None:
+    print(f"dlrun: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

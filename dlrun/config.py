@@ -1,0 +1,142 @@
+"""Config schemas: the types, defaults and allowed values of every field.
+
+Each config group has a base dataclass here; each option (a model, an optimizer, a dataset)
+subclasses it in its own module and is stored in Hydra's ConfigStore as `<group>/<name>_schema`,
+which the option's YAML names in its defaults list. Hydra then rejects a misspelled key or a
+wrong type by itself; the ranges and choices declared with `setting(...)` are checked by
+`dlrun.validate`, all at once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import II, MISSING
+
+ACTIVATIONS = ("gelu", "leaky_relu", "relu", "sigmoid", "tanh")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a numeric field or a choice field may hold."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def allows(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return False
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+            return False
+        return True
+
+    def interval(self) -> str:
+        lo = "-inf" if self.lo is None else _num(self.lo)
+        hi = "inf" if self.hi is None else _num(self.hi)
+        left = "(" if self.lo_open or self.lo is None else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        return f"{left}{lo}, {hi}{right}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def setting(default: Any, **rule: Any) -> Any:
+    """A dataclass field with a default and the `Rule` its values must satisfy."""
+    meta = {"rule": Rule(**rule)}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Base schemas of the groups. Options subclass these (dlrun/models, dlrun/data, dlrun/optim.py).
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    test_split: float = setting(0.2, lo=0, hi=1, lo_open=True, hi_open=True)
+    val_split: float = setting(0.1, lo=0, hi=1, lo_open=True, hi_open=True)
+    split_seed: int = II("seed")  # the split follows the run's seed unless set on its own
+    normalize: bool = True  # statistics from the training split only
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = setting(1e-3, lo=0, lo_open=True)
+    weight_decay: float = setting(0.0, lo=0)
+
+
+@dataclass
+class SchedConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ClipConfig:
+    max_norm: Optional[float] = setting(None, lo=0, lo_open=True)  # clip the global grad norm
+    value: Optional[float] = setting(None, lo=0, lo_open=True)  # clip each grad to [-value, value]
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val_loss"  # also picks checkpoints/best.pt
+    mode: str = setting("auto", choices=("auto", "min", "max"))
+    patience: Optional[int] = setting(10, lo=1)  # epochs without improvement; null turns it off
+    min_delta: float = setting(0.0, lo=0)
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = setting(30, lo=1)
+    batch_size: int = setting(32, lo=1)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    precision: str = setting("32", choices=("32", "bf16", "16"))
+    seed: int = II("seed")  # weights, dropout and batch order
+
+
+@dataclass
+class TrainConfig:
+    """The primary config (`configs/train.yaml`)."""
+
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    sched: SchedConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    seed: int = 42
+    task_name: str = "train"
+
+
+def store_base_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+
+
+def store_schema(group: str, name: str, schema: type) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group=group, name=f"{name}_schema", node=schema)

@@ -1,0 +1,38 @@
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), as 1x8x8 images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from dlrun.config import DataConfig, setting
+from dlrun.data import DataSpec, resize_images
+from dlrun.registry import register_data
+
+
+@dataclass
+class DigitsConfig(DataConfig):
+    name: str = "digits"
+    image_size: Optional[int] = setting(None, lo=8)  # null keeps 8x8; 32 is LeNet-5's size
+
+
+@register_data("digits", schema=DigitsConfig)
+def load_digits(cfg: DigitsConfig):
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8), pixels in [0, 1]
+    if cfg.image_size is not None and cfg.image_size != 8:
+        x = resize_images(x, cfg.image_size)
+    y = bunch.target.astype(np.int64)
+    spec = DataSpec(
+        task="classification",
+        kind="image",
+        shape=tuple(x.shape[1:]),
+        num_classes=10,
+        class_names=tuple(str(c) for c in bunch.target_names),
+    )
+    return x, y, spec
+

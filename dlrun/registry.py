@@ -1,0 +1,69 @@
+"""Registries of models and datasets: a decorator puts each builder beside its config schema.
+
+Registering also stores the schema in Hydra's ConfigStore as `<group>/<name>_schema`, so the
+option's YAML (`configs/model/<name>.yaml`) can name it in its defaults list. Nothing here
+imports torch: builders import what they need when they are called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dlrun.config import store_schema
+from dlrun.errors import ConfigError, not_one_of
+
+INPUT_KINDS = ("flat", "image", "sequence")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    schema: type
+    takes: str  # the input it takes: flat (F), image (C, H, W) or sequence (T, D)
+    build: Callable[..., Any]  # build(cfg, spec) -> nn.Module (or an estimator)
+    family: str = "torch"
+
+
+@dataclass(frozen=True)
+class DataEntry:
+    name: str
+    schema: type
+    load: Callable[..., Any]  # load(cfg) -> (x, y, DataSpec) arrays before splitting
+
+
+MODELS: dict[str, ModelEntry] = {}
+DATASETS: dict[str, DataEntry] = {}
+
+
+def register_model(name: str, *, schema: type, takes: str, family: str = "torch"):
+    if takes not in INPUT_KINDS:
+        raise ValueError(f"takes must be one of {INPUT_KINDS}, got {takes!r}")
+
+    def decorator(build):
+        MODELS[name] = ModelEntry(name, schema, takes, build, family)
+        store_schema("model", name, schema)
+        return build
+
+    return decorator
+
+
+def register_data(name: str, *, schema: type):
+    def decorator(load):
+        DATASETS[name] = DataEntry(name, schema, load)
+        store_schema("data", name, schema)
+        return load
+
+    return decorator
+
+
+def get_model(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ConfigError(not_one_of("model.name", "a registered model", name, MODELS))
+    return MODELS[name]
+
+
+def get_data(name: str) -> DataEntry:
+    if name not in DATASETS:
+        raise ConfigError(not_one_of("data.name", "a registered dataset", name, DATASETS))
+    return DATASETS[name]

@@ -1,0 +1,263 @@
+"""The torch training loop: optimizer, scheduler, clipping, early stopping, precision, device.
+
+Data held in memory lives on the training device for the whole run; each epoch takes batches by
+slicing a shuffled index, so the hot loop has no per-sample Python and no host synchronisation:
+losses and gradient norms are summed on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dlrun.checkpoints import load_checkpoint, save_checkpoint
+from dlrun.errors import TrainingError
+from dlrun.metrics import compute_metrics
+from dlrun.optim import SCHED_INTERVAL, build_optimizer, build_scheduler
+
+log = logging.getLogger("dlrun")
+
+EVAL_BATCH = 1024
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the monitored metric; `stop` once it has not improved for `patience` epochs."""
+
+    mode: str  # min or max
+    patience: int | None
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    wait: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record the epoch's value; True if it is the best so far."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.patience is not None and self.wait >= self.patience
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_value: float
+    epochs_run: int
+    stopped_early: bool
+    train_time_s: float  # time in training steps only (no validation, no checkpoints)
+    samples_seen: int
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_device(name: str):
+    """'auto' picks cuda, then mps, then cpu; an unavailable device is a clear error."""
+    import torch
+
+    from dlrun.errors import ConfigError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ConfigError(
+                f"trainer.device: '{name}' was asked for but this machine has {have}. "
+                "Use trainer.device=cpu or auto."
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device: 'mps' was asked for but is not available. Use cpu or auto.")
+    return torch.device(name)
+
+
+def autocast(device, precision: str):
+    import torch
+
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def predict(model, x, precision: str, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Outputs for every sample of `x` (a tensor on the model's device): class probabilities
+    (classification) or predictions (regression), as one host array."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.no_grad(), autocast(x.device, precision):
+        for start in range(0, len(x), batch_size):
+            outs.append(model(x[start : start + batch_size]).float())
+    out = torch.cat(outs).cpu().double()  # (N, K) or (N, T)
+    if getattr(model, "task", "classification") == "classification":
+        out = torch.softmax(out, dim=1)  # in float64, so each row sums to 1 for log_loss
+    return out.numpy()
+
+
+def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -> FitResult:
+    """Train `model` on splits['train'], monitor splits['val'], keep last.pt and best.pt."""
+    import torch
+    from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
+
+    tcfg = conf.trainer
+    model.task = spec.task
+    model.to(device)
+    x_train, y_train = (torch.as_tensor(a, device=device) for a in splits["train"])
+    x_val = torch.as_tensor(splits["val"][0], device=device)
+    y_val = splits["val"][1]
+
+    n = len(y_train)
+    batch = min(tcfg.batch_size, n)
+    steps = math.ceil(n / batch)
+    monitor = tcfg.early_stopping.monitor
+    stopper = EarlyStopping(tcfg.early_stopping.mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(conf.optim, params, device.type)
+    scheduler = build_scheduler(
+        conf.sched, optimizer, max_epochs=tcfg.max_epochs, steps_per_epoch=steps, mode=stopper.mode
+    )
+    interval = SCHED_INTERVAL[conf.sched.name]
+    loss_fn = torch.nn.CrossEntropyLoss() if spec.task == "classification" else torch.nn.MSELoss()
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "16")
+    shuffle = torch.Generator().manual_seed(tcfg.seed)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    history: list[dict] = []
+    train_time = 0.0
+    epoch = 0
+    try:
+        for epoch in range(1, tcfg.max_epochs + 1):
+            t_epoch = time.perf_counter()
+            model.train()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
+            perm = torch.randperm(n, generator=shuffle).to(device)
+            loss_sum = torch.zeros((), device=device)
+            norm_sum = torch.zeros((), device=device)
+            norm_max = torch.zeros((), device=device)
+            for step in range(steps):
+                idx = perm[step * batch : (step + 1) * batch]
+                xb, yb = x_train[idx], y_train[idx]  # (B, *shape), (B,)
+                with autocast(device, tcfg.precision):
+                    out = model(xb)
+                loss = loss_fn(out.float(), yb)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                # The norm before clipping is what tells a user whether clipping is needed.
+                norm = get_total_norm([p.grad for p in params if p.grad is not None])
+                if tcfg.clip.max_norm is not None:
+                    clip_grads_with_norm_(params, tcfg.clip.max_norm, norm)
+                if tcfg.clip.value is not None:
+                    clip_grad_value_(params, tcfg.clip.value)
+                scaler.step(optimizer)
+                scaler.update()
+                if interval == "batch":
+                    scheduler.step()
+                loss_sum += loss.detach() * len(idx)
+                norm_sum += norm
+                norm_max = torch.maximum(norm_max, norm)
+            train_loss = (loss_sum / n).item()  # the epoch's one host synchronisation
+            train_time += time.perf_counter() - t_epoch
+
+            if not math.isfinite(train_loss):
+                raise TrainingError(
+                    f"the training loss became {train_loss} in epoch {epoch}. Likely causes: a "
+                    f"learning rate too high (optim.lr={conf.optim.lr}) or no gradient clipping "
+                    "(try trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch so far."
+                )
+            val = compute_metrics(spec.task, y_val, predict(model, x_val, tcfg.precision))
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **{f"val_{k}": v for k, v in val.items()},
+                "lr": lr,
+                "grad_norm": (norm_sum / steps).item(),
+                "grad_norm_max": norm_max.item(),
+            }
+            improved = stopper.update(record[monitor], epoch)
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(),
+                "early_stopping": {"best": stopper.best, "best_epoch": stopper.best_epoch, "wait": stopper.wait},
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "shuffle": shuffle.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    "python": random.getstate(),
+                },
+                "config": conf_dict(conf),
+            }
+            save_checkpoint(ckpt_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(ckpt_dir / "best.pt", state)
+            if interval == "epoch":
+                scheduler.step()
+            elif interval == "metric":
+                scheduler.step(record[monitor])
+            record["epoch_time_s"] = time.perf_counter() - t_epoch
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            history.append(record)
+            if progress is not None:
+                progress(record, improved)
+            if stopper.stop:
+                log.info(
+                    "early stopping: %s has not improved for %d epochs (best %.4g at epoch %d)",
+                    monitor, stopper.wait, stopper.best, stopper.best_epoch,
+                )
+                break
+    finally:
+        metrics_file.close()
+
+    best = load_checkpoint(ckpt_dir / "best.pt", map_location=str(device))
+    model.load_state_dict(best["model"])
+    return FitResult(
+        best_epoch=stopper.best_epoch,
+        best_value=stopper.best,
+        epochs_run=epoch,
+        stopped_early=stopper.stop,
+        train_time_s=train_time,
+        samples_seen=n * epoch,
+        history=history,
+    )
+
+
+def conf_dict(conf) -> dict:
+    """The typed config as plain containers (what a weights_only checkpoint may hold)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(conf), resolve=True)

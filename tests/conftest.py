@@ -1,0 +1,43 @@
+"""Tests compose the real primary config (configs/train.yaml) with overrides that shrink it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dlrun.catalog import load_catalog
+from dlrun.cli import CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(*overrides: str):
+    """The config `dlrun <overrides>` would run (without Hydra's own `hydra` node)."""
+    load_catalog()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def train(tmp_path: Path, *overrides: str, name: str = "run") -> tuple[dict, Path]:
+    """Run in-process into tmp_path/name; return (summary, run_dir)."""
+    from dlrun.runner import run
+
+    run_dir = tmp_path / name
+    summary = run(make_cfg(*overrides), run_dir)
+    return summary, run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    """Two cores here: keep torch from oversubscribing them across tests."""
+    import torch
+
+    torch.set_num_threads(2)
+    yield
