@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dlrun.errors import UserError
 
@@ -57,4 +58,6 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict:
             f"nothing in it was run ({first})."
         ) from None
     except (RuntimeError, EOFError, OSError) as ex:
-        raise UserError(f"checkpoint {path} cannot be read (truncated or corrupted?): {ex}") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read (truncated or corrupted?): {ex}"
+        ) from None

@@ -8,11 +8,12 @@ message and exit with code 2, without a traceback. HYDRA_FULL_ERROR=1 shows the 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dlrun.catalog import load_catalog
 
@@ -24,11 +25,24 @@ def find_config_dir() -> Path:
     for candidate in (here / "configs", here.parent / "configs"):
         if (candidate / "train.yaml").is_file():
             return candidate
-    raise FileNotFoundError(f"dlrun's configs/ folder is missing (looked in {here} and {here.parent})")
+    raise FileNotFoundError(
+        f"dlrun's configs/ folder is missing (looked in {here} and {here.parent})"
+    )
+
+
+def config_groups() -> str:
+    """'group: option, option' per line, for `dlrun --help` (the schemas stored beside the
+    options are not choices, so Hydra's own list is not used)."""
+    lines = []
+    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
 
 
 CONFIG_DIR = find_config_dir()
 load_catalog()  # the schemas must be in Hydra's ConfigStore before it composes
+OmegaConf.register_new_resolver("dlrun_config_groups", config_groups, replace=True)
 
 
 # A user mistake found inside the task is kept here and reported after Hydra returns, so that
@@ -43,12 +57,17 @@ def _train(cfg: DictConfig) -> float | None:
     from dlrun.errors import UserError
     from dlrun.runner import run
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+        summary = run(cfg, run_dir)
     except UserError as ex:
         if os.environ.get("DLRUN_TRACEBACK") == "1":
             raise
         _user_errors.append(ex)
+        # A run stopped by a config problem leaves no folder of its own behind (Hydra made it
+        # before calling us); a folder that holds anything else is kept as it is.
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+            shutil.rmtree(run_dir)
         return None
     return summary["monitor"]["best"]  # what a Hydra sweeper optimizes
 

@@ -45,13 +45,14 @@ def did_you_mean(word: str, options) -> str:
 def not_one_of(key: str, what: str, given, options) -> str:
     """The message for a name that is not among `options` (a model, an optimizer, a choice)."""
     options = sorted(str(o) for o in options)
-    return (
-        f"{key}: '{given}' is not {what}. Choose one of: {', '.join(options)}."
-        + did_you_mean(given, options)
+    return f"{key}: '{given}' is not {what}. Choose one of: {', '.join(options)}." + did_you_mean(
+        given, options
     )
 
 
-_CONVERT = re.compile(r"Value '(?P<value>.*?)' (?:of type '\w+' )?could not be converted to (?P<type>\w+)")
+_CONVERT = re.compile(
+    r"Value '(?P<value>.*?)' (?:of type '\w+' )?could not be converted to (?P<type>\w+)"
+)
 _TYPE_WORDS = {"Integer": "an int", "Float": "a float", "Boolean": "a bool", "String": "a string"}
 
 
@@ -62,7 +63,11 @@ def describe_hydra_error(ex: BaseException, config_dir) -> str | None:
     structured configs do that); this only rewords its messages as `key: what is allowed, what
     was given`.
     """
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
     from omegaconf.errors import (
         ConfigAttributeError,
         ConfigKeyError,
@@ -77,7 +82,9 @@ def describe_hydra_error(ex: BaseException, config_dir) -> str | None:
             group, name = match.groups()
             options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
             if options:
-                return not_one_of(group, _GROUP_WORDS.get(group, f"a {group} option"), name, options)
+                return not_one_of(
+                    group, _GROUP_WORDS.get(group, f"a {group} option"), name, options
+                )
         return str(ex).split("\n")[0]
     if isinstance(ex, OverrideParseException):
         return f"cannot read the override: {str(ex).splitlines()[0]}"

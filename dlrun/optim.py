@@ -69,7 +69,15 @@ class AdamWConfig(AdamConfig):
 
 OPTIMIZERS = {
     c.name: c
-    for c in (SGDConfig, MomentumConfig, NesterovConfig, AdagradConfig, RMSpropConfig, AdamConfig, AdamWConfig)
+    for c in (
+        SGDConfig,
+        MomentumConfig,
+        NesterovConfig,
+        AdagradConfig,
+        RMSpropConfig,
+        AdamConfig,
+        AdamWConfig,
+    )
 }
 
 
@@ -87,7 +95,12 @@ def build_optimizer(cfg: OptimConfig, params, device_type: str = "cpu"):
         return torch.optim.Adagrad(params, lr_decay=cfg.lr_decay, eps=cfg.eps, **common)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(
-            params, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, centered=cfg.centered, **common
+            params,
+            alpha=cfg.alpha,
+            eps=cfg.eps,
+            momentum=cfg.momentum,
+            centered=cfg.centered,
+            **common,
         )
     # Adam and AdamW: the fused CUDA kernels where the parameters live on a GPU.
     fused = {"fused": True} if device_type == "cuda" else {}
@@ -135,14 +148,28 @@ class PlateauSchedConfig(SchedConfig):
 
 SCHEDULERS = {
     c.name: c
-    for c in (NoSchedConfig, StepSchedConfig, CosineSchedConfig, OneCycleSchedConfig, PlateauSchedConfig)
+    for c in (
+        NoSchedConfig,
+        StepSchedConfig,
+        CosineSchedConfig,
+        OneCycleSchedConfig,
+        PlateauSchedConfig,
+    )
 }
 
 # When each scheduler steps: once per epoch, once per batch, or on the monitored metric.
-SCHED_INTERVAL = {"none": None, "step": "epoch", "cosine": "epoch", "onecycle": "batch", "plateau": "metric"}
+SCHED_INTERVAL = {
+    "none": None,
+    "step": "epoch",
+    "cosine": "epoch",
+    "onecycle": "batch",
+    "plateau": "metric",
+}
 
 
-def build_scheduler(cfg: SchedConfig, optimizer, *, max_epochs: int, steps_per_epoch: int, mode: str):
+def build_scheduler(
+    cfg: SchedConfig, optimizer, *, max_epochs: int, steps_per_epoch: int, mode: str
+):
     from torch.optim import lr_scheduler
 
     if cfg.name == "none":
@@ -150,7 +177,9 @@ def build_scheduler(cfg: SchedConfig, optimizer, *, max_epochs: int, steps_per_e
     if cfg.name == "step":
         return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.name == "cosine":
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.t_max or max_epochs, eta_min=cfg.eta_min)
+        return lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.t_max or max_epochs, eta_min=cfg.eta_min
+        )
     if cfg.name == "onecycle":
         max_lr = cfg.max_lr or 10 * optimizer.param_groups[0]["lr"]
         return lr_scheduler.OneCycleLR(

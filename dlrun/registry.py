@@ -7,8 +7,9 @@ imports torch: builders import what they need when they are called.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from dlrun.config import store_schema
 from dlrun.errors import ConfigError, not_one_of

@@ -37,7 +37,9 @@ def epoch_line(record: dict, max_epochs: int, monitor: str) -> str:
     if monitor not in keys:
         keys.insert(2, monitor)
     parts = [f"epoch {record['epoch']}/{max_epochs}"]
-    parts += [f"{k} {record[k]:.3g}" if k in ("lr", "grad_norm") else f"{k} {record[k]:.4f}" for k in keys]
+    parts += [
+        f"{k} {record[k]:.3g}" if k in ("lr", "grad_norm") else f"{k} {record[k]:.4f}" for k in keys
+    ]
     parts.append(f"{record['epoch_time_s']:.2f}s")
     return "  ".join(parts)
 
@@ -70,8 +72,10 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['model']} on {summary['data']}: best epoch {summary['best_epoch']}"
-                  f" of {summary['epochs_run']}")
+    table = Table(
+        title=f"{summary['model']} on {summary['data']}: best epoch {summary['best_epoch']}"
+        f" of {summary['epochs_run']}"
+    )
     table.add_column("metric")
     table.add_column("val", justify="right")
     table.add_column("test", justify="right")

@@ -49,21 +49,38 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         stopping = conf.trainer.early_stopping
         allowed = [f"val_{m}" for m in metric_names(spec.task)]
         if stopping.monitor not in allowed:
-            raise ConfigError(not_one_of("trainer.early_stopping.monitor", "a validation metric", stopping.monitor, allowed))
+            raise ConfigError(
+                not_one_of(
+                    "trainer.early_stopping.monitor",
+                    "a validation metric",
+                    stopping.monitor,
+                    allowed,
+                )
+            )
         if stopping.mode == "auto":
             stopping.mode = best_mode(stopping.monitor)
         device = resolve_device(conf.trainer.device)
         if conf.trainer.precision == "16" and device.type != "cuda":
-            raise ConfigError(f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32.")
+            raise ConfigError(
+                f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32."
+            )
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
         model = entry.build(conf.model, spec)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("%s (%s parameters) on %s, %s", conf.model.name, f"{params:,}", conf.data.name,
-                 ", ".join(f"{k} {v}" for k, v in data.sizes().items()))
-        splits = {name: (adapt(x, data.spec, entry.takes), y) for name in ("train", "val", "test")
-                  for x, y in [data.split(name)]}
+        log.info(
+            "%s (%s parameters) on %s, %s",
+            conf.model.name,
+            f"{params:,}",
+            conf.data.name,
+            ", ".join(f"{k} {v}" for k, v in data.sizes().items()),
+        )
+        splits = {
+            name: (adapt(x, data.spec, entry.takes), y)
+            for name in ("train", "val", "test")
+            for x, y in [data.split(name)]
+        }
 
         with epoch_progress(conf.trainer.max_epochs, stopping.monitor) as on_epoch:
             result = fit_torch(model, splits, spec, conf, run_dir, device, progress=on_epoch)
@@ -82,7 +99,11 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "model": conf.model.name,
             "data": conf.data.name,
             "task": spec.task,
-            "monitor": {"metric": stopping.monitor, "mode": stopping.mode, "best": result.best_value},
+            "monitor": {
+                "metric": stopping.monitor,
+                "mode": stopping.mode,
+                "best": result.best_value,
+            },
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early,
@@ -90,7 +111,9 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "test": scores["test"],
             "params": params,
             "wall_time_s": time.perf_counter() - started,
-            "samples_per_s": result.samples_seen / result.train_time_s if result.train_time_s else 0.0,
+            "samples_per_s": result.samples_seen / result.train_time_s
+            if result.train_time_s
+            else 0.0,
             "device": str(device),
             "versions": versions(),
             "run_dir": str(run_dir),

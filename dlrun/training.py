@@ -94,7 +94,9 @@ def resolve_device(name: str):
                 "Use trainer.device=cpu or auto."
             )
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.device: 'mps' was asked for but is not available. Use cpu or auto.")
+        raise ConfigError(
+            "trainer.device: 'mps' was asked for but is not available. Use cpu or auto."
+        )
     return torch.device(name)
 
 
@@ -139,7 +141,9 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
     batch = min(tcfg.batch_size, n)
     steps = math.ceil(n / batch)
     monitor = tcfg.early_stopping.monitor
-    stopper = EarlyStopping(tcfg.early_stopping.mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta)
+    stopper = EarlyStopping(
+        tcfg.early_stopping.mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(conf.optim, params, device.type)
     scheduler = build_scheduler(
@@ -212,7 +216,11 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(),
-                "early_stopping": {"best": stopper.best, "best_epoch": stopper.best_epoch, "wait": stopper.wait},
+                "early_stopping": {
+                    "best": stopper.best,
+                    "best_epoch": stopper.best_epoch,
+                    "wait": stopper.wait,
+                },
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "shuffle": shuffle.get_state(),
@@ -237,7 +245,10 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
             if stopper.stop:
                 log.info(
                     "early stopping: %s has not improved for %d epochs (best %.4g at epoch %d)",
-                    monitor, stopper.wait, stopper.best, stopper.best_epoch,
+                    monitor,
+                    stopper.wait,
+                    stopper.best,
+                    stopper.best_epoch,
                 )
                 break
     finally:

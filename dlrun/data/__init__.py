@@ -86,7 +86,9 @@ class DataModule:
         """The same splits with every image resized to size x size (for a model built for it)."""
         c = self.spec.shape[0]
         spec = dataclasses.replace(self.spec, shape=(c, size, size))
-        xs = {f"x_{s}": resize_images(getattr(self, f"x_{s}"), size) for s in ("train", "val", "test")}
+        xs = {
+            f"x_{s}": resize_images(getattr(self, f"x_{s}"), size) for s in ("train", "val", "test")
+        }
         return dataclasses.replace(self, spec=spec, **xs)
 
 
@@ -115,7 +117,9 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    out = F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False)
+    out = F.interpolate(
+        torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False
+    )
     return out.numpy()
 
 

@@ -35,4 +35,3 @@ def load_digits(cfg: DigitsConfig):
         class_names=tuple(str(c) for c in bunch.target_names),
     )
     return x, y, spec
-

@@ -1,0 +1,168 @@
+"""The `dlrun` command as a user runs it: clear errors, the default run, the installed wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+DLRUN = str(Path(sys.executable).with_name("dlrun"))
+
+
+def dlrun(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [DLRUN, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=nosuch", "dlrun: model: 'nosuch' is not a model. Choose one of: lenet5, mlp.\n"),
+        ("optim.lr=abc", "dlrun: optim.lr must be a float. Got 'abc'.\n"),
+        (
+            "trainer.max_epochs=-1",
+            "dlrun: trainer.max_epochs must be an int in the range [1, inf). Got -1.\n",
+        ),
+        (
+            "data.val_split=1.5",
+            "dlrun: data.val_split must be a float in the range (0, 1). Got 1.5.\n",
+        ),
+        (
+            "trainer.batch_size=0",
+            "dlrun: trainer.batch_size must be an int in the range [1, inf). Got 0.\n",
+        ),
+        (
+            "optim=adma",
+            "dlrun: optim: 'adma' is not an optimizer. Choose one of: adagrad, adam, adamw, momentum, "
+            "nesterov, rmsprop, sgd. Did you mean 'adam'?\n",
+        ),
+        (
+            "optim.lrr=0.1",
+            "dlrun: optim.lrr is not a setting of optim. Known keys: amsgrad, betas, eps, lr, name, "
+            "weight_decay. Did you mean 'lr'?\n",
+        ),
+        (
+            "trainer.device=gpu",
+            "dlrun: trainer.device must be one of: auto, cpu, cuda, cuda:N, mps. Got 'gpu'.\n",
+        ),
+    ],
+)
+def test_bad_input_gives_one_clear_message(tmp_path, override, message):
+    result = dlrun(override, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == message
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    result = dlrun(
+        "model.dropout=1.5", "trainer.max_epochs=0", "model.activation=relu6", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "dlrun: 3 problems in the config:",
+        "  model.activation must be one of: gelu, leaky_relu, relu, sigmoid, tanh. Got 'relu6'. Did you mean 'relu'?",
+        "  model.dropout must be a float in the range [0, 1). Got 1.5.",
+        "  trainer.max_epochs must be an int in the range [1, inf). Got 0.",
+    ]
+
+
+def test_default_run_from_another_directory_and_bad_input_loses_nothing(tmp_path):
+    result = dlrun("trainer.max_epochs=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs" / "train").glob("*/*")  # outputs/<task>/<date>/<time>
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 3
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text().strip() == "- trainer.max_epochs=3"
+    assert "accuracy" in result.stdout  # the final table
+    before = {p: p.read_bytes() for p in (tmp_path / "outputs").rglob("*") if p.is_file()}
+
+    bad = dlrun("trainer.batch_size=0", cwd=tmp_path)
+    assert bad.returncode == 2
+    # the earlier run is untouched, and the failed one left no folder behind
+    assert {p: p.read_bytes() for p in (tmp_path / "outputs").rglob("*") if p.is_file()} == before
+    assert list((tmp_path / "outputs" / "train").glob("*/*")) == [run_dir]
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    result = dlrun("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for line in (
+        "model: lenet5, mlp",
+        "optim: adagrad, adam, adamw, momentum, nesterov, rmsprop, sgd",
+        "sched: cosine, none, onecycle, plateau, step",
+        "data: digits",
+    ):
+        assert line in result.stdout
+
+
+def test_installed_wheel_finds_its_configs(tmp_path):
+    """`pip install .` (not editable) ships configs/ inside the package."""
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            wheel_dir,
+            ROOT,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheel_dir.glob("dlrun-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "dlrun/configs/train.yaml",
+        "dlrun/configs/model/lenet5.yaml",
+        "dlrun/configs/optim/adam.yaml",
+    } <= names
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    # Only the installed copy of dlrun is importable: the source checkout is not on the path.
+    code = "import sys; from dlrun.cli import main; sys.argv = ['dlrun', *sys.argv[1:]]; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "trainer.max_epochs=1", "model=lenet5"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    (summary,) = (tmp_path / "outputs").rglob("summary.json")
+    assert json.loads(summary.read_text())["model"] == "lenet5"
+    assert (
+        str(target)
+        in subprocess.run(
+            [sys.executable, "-c", "import dlrun; print(dlrun.__file__)"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"},
+            cwd=tmp_path,
+        ).stdout
+    )

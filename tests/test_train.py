@@ -1,0 +1,243 @@
+"""Training runs on the bundled digits: the numbers they reach and the run folder they leave."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import read_metrics, train
+from dlrun.errors import ConfigError, TrainingError
+from dlrun.optim import OPTIMIZERS
+
+EPOCH_KEYS = {
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_f1_macro",
+    "lr",
+    "grad_norm",
+    "grad_norm_max",
+    "epoch_time_s",
+}
+
+
+def without_times(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
+
+
+def test_default_run_reaches_95_percent_and_writes_its_folder(tmp_path):
+    summary, run_dir = train(tmp_path)
+    assert summary["test"]["accuracy"] >= 0.95
+    assert summary["status"] == "completed" and summary["model"] == "mlp"
+
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert set(on_disk["val"]) == set(on_disk["test"]) == {"accuracy", "f1_macro", "loss"}
+    assert on_disk["params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    assert on_disk["epochs_run"] == len(read_metrics(run_dir)) <= 30
+    assert 1 <= on_disk["best_epoch"] <= on_disk["epochs_run"]
+    assert (
+        on_disk["wall_time_s"] > 0 and on_disk["samples_per_s"] > 0 and on_disk["device"] == "cpu"
+    )
+    assert set(on_disk["versions"]) >= {"python", "torch", "dlrun"}
+
+    records = read_metrics(run_dir)
+    assert all(set(r) == EPOCH_KEYS for r in records)
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
+    best = min(records, key=lambda r: r["val_loss"])
+    assert best["epoch"] == on_disk["best_epoch"]
+    assert on_disk["monitor"] == {"metric": "val_loss", "mode": "min", "best": best["val_loss"]}
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["name"] == "mlp" and config["trainer"]["seed"] == 42  # resolved
+    assert config["data"]["split_seed"] == 42
+
+    log_lines = (run_dir / "train.log").read_text().splitlines()
+    assert sum("epoch " in line for line in log_lines) >= len(records)
+
+
+def test_checkpoints_are_complete_and_best_reproduces_the_test_metrics(tmp_path):
+    summary, run_dir = train(tmp_path, "trainer.max_epochs=6")
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert last["epoch"] == 6 and best["epoch"] == summary["best_epoch"]
+    for ckpt in (last, best):
+        assert set(ckpt) >= {
+            "model",
+            "optimizer",
+            "scheduler",
+            "epoch",
+            "rng",
+            "config",
+            "early_stopping",
+        }
+        assert ckpt["config"]["model"]["name"] == "mlp"
+        assert set(ckpt["rng"]) >= {"torch", "shuffle", "python"}
+
+    from omegaconf import OmegaConf
+
+    from conftest import make_cfg
+    from dlrun.data import adapt, build_data
+    from dlrun.metrics import compute_metrics
+    from dlrun.models.mlp import MLPConfig, build_mlp
+    from dlrun.training import predict
+
+    conf = OmegaConf.to_object(make_cfg())
+    data = build_data(conf.data)
+    model = build_mlp(MLPConfig(), data.spec.view("flat"))
+    model.load_state_dict(best["model"])
+    x = torch.as_tensor(adapt(data.x_test, data.spec, "flat"))
+    assert (
+        compute_metrics("classification", data.y_test, predict(model, x, "32")) == summary["test"]
+    )
+
+
+def test_lenet5_with_adam_reaches_97_percent(tmp_path):
+    summary, _ = train(tmp_path, "model=lenet5", "optim=adam")
+    assert summary["test"]["accuracy"] >= 0.97
+    assert summary["params"] == 61_706  # the paper's layer sizes on 1x32x32 input, 10 classes
+
+
+@pytest.mark.parametrize("optim", sorted(OPTIMIZERS))
+def test_every_optimizer_lowers_the_validation_loss(tmp_path, optim):
+    _, run_dir = train(tmp_path, f"optim={optim}", "trainer.max_epochs=8")
+    records = read_metrics(run_dir)
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(tmp_path):
+    args = ("model=lenet5", "trainer.max_epochs=3")
+    first, a = train(tmp_path, *args, name="a")
+    second, b = train(tmp_path, *args, name="b")
+    other, c = train(tmp_path, *args, "seed=7", name="c")
+    assert without_times(read_metrics(a)) == without_times(read_metrics(b))
+    assert first["test"] == second["test"] and first["val"] == second["val"]
+    assert without_times(read_metrics(a)) != without_times(read_metrics(c))
+
+
+def test_clipping_by_norm_records_the_norm_before_clipping_and_still_learns(tmp_path):
+    clipped, c = train(tmp_path, "trainer.max_epochs=10", "trainer.clip.max_norm=0.1", name="clip")
+    records = read_metrics(c)
+    assert all(r["grad_norm"] > 0.1 for r in records)  # pre-clip norms, not the clipped 0.1
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    assert clipped["test"]["accuracy"] >= 0.9
+
+
+def test_clipping_changes_the_updates(tmp_path):
+    _, plain = train(tmp_path, "trainer.max_epochs=2", "optim=sgd", name="plain")
+    _, by_norm = train(
+        tmp_path, "trainer.max_epochs=2", "optim=sgd", "trainer.clip.max_norm=0.1", name="n"
+    )
+    _, by_value = train(
+        tmp_path, "trainer.max_epochs=2", "optim=sgd", "trainer.clip.value=0.001", name="v"
+    )
+    losses = [read_metrics(d)[-1]["train_loss"] for d in (plain, by_norm, by_value)]
+    assert losses[0] < losses[1] and losses[0] < losses[2]  # smaller steps, slower progress
+
+
+def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(tmp_path):
+    summary, run_dir = train(
+        tmp_path,
+        "trainer.max_epochs=60",
+        "trainer.early_stopping.patience=2",
+        "optim.lr=0.01",
+    )
+    records = read_metrics(run_dir)
+    assert summary["stopped_early"] and summary["epochs_run"] < 60
+    assert summary["epochs_run"] == summary["best_epoch"] + 2
+    assert summary["best_epoch"] == min(records, key=lambda r: r["val_loss"])["epoch"]
+
+
+def test_monitoring_accuracy_keeps_the_highest(tmp_path):
+    summary, run_dir = train(
+        tmp_path, "trainer.max_epochs=5", "trainer.early_stopping.monitor=val_accuracy"
+    )
+    accuracies = [r["val_accuracy"] for r in read_metrics(run_dir)]
+    assert summary["monitor"]["mode"] == "max" and summary["monitor"]["best"] == max(accuracies)
+    assert summary["best_epoch"] == accuracies.index(max(accuracies)) + 1
+
+
+@pytest.mark.parametrize(
+    "sched, expect",
+    [
+        ("step", lambda lrs: lrs == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])),
+        (
+            "cosine",
+            lambda lrs: lrs[0] == 1e-3 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 3e-4,
+        ),
+        ("onecycle", lambda lrs: lrs[0] < lrs[1]),
+        ("none", lambda lrs: lrs == [1e-3] * 4),
+    ],
+)
+def test_schedulers_move_the_learning_rate(tmp_path, sched, expect):
+    extra = ["sched.step_size=1", "sched.gamma=0.5"] if sched == "step" else []
+    _, run_dir = train(tmp_path, f"sched={sched}", "trainer.max_epochs=4", *extra)
+    assert expect([r["lr"] for r in read_metrics(run_dir)])
+
+
+def test_plateau_cuts_the_rate_when_the_monitor_stalls(tmp_path):
+    _, run_dir = train(
+        tmp_path,
+        "sched=plateau",
+        "sched.patience=0",
+        "sched.factor=0.5",
+        "optim.lr=0.05",
+        "trainer.max_epochs=12",
+        "trainer.early_stopping.patience=null",
+    )
+    lrs = [r["lr"] for r in read_metrics(run_dir)]
+    assert lrs[0] == 0.05 and min(lrs) < 0.05
+
+
+def test_bf16_autocast_on_cpu_learns(tmp_path):
+    summary, _ = train(tmp_path, "trainer.precision=bf16", "trainer.max_epochs=5")
+    assert summary["test"]["accuracy"] >= 0.85
+
+
+def test_data_splits_are_stratified_disjoint_and_normalized_on_train_only():
+    from omegaconf import OmegaConf
+
+    from conftest import make_cfg
+    from dlrun.data import build_data
+
+    data = build_data(OmegaConf.to_object(make_cfg()).data)
+    assert data.sizes() == {"train": 1293, "val": 144, "test": 360}
+    assert abs(float(data.x_train.mean())) < 1e-5 and abs(float(data.x_test.mean())) > 1e-4
+    for split in ("val", "test"):
+        counts = [(getattr(data, f"y_{split}") == k).mean() for k in range(10)]
+        assert max(counts) - min(counts) < 0.02  # each class ~10% of every split
+    rows = {x.tobytes() for x in data.x_train}
+    assert not rows & {x.tobytes() for x in data.x_test}
+
+
+def test_a_diverging_run_stops_with_a_clear_message(tmp_path):
+    with pytest.raises(
+        TrainingError, match=r"the training loss became (nan|inf) in epoch 1\. Likely causes"
+    ):
+        train(tmp_path, "optim=sgd", "optim.lr=1e12", "trainer.max_epochs=3")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_validation_reports_every_problem(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        train(
+            tmp_path, "trainer.clip.max_norm=-1", "optim.betas=[0.9]", "sched=step", "sched.gamma=2"
+        )
+    assert err.value.problems == [
+        "optim.betas must list 2 numbers in [0, 1). Got [0.9].",
+        "sched.gamma must be a float in the range (0, 1]. Got 2.0.",
+        "trainer.clip.max_norm must be a float in the range (0, inf) or None. Got -1.0.",
+    ]
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_a_model_that_cannot_read_the_data_says_so(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match="model.padding: lenet5 with 'valid' convolutions needs images of at least 16x16",
+    ):
+        train(tmp_path, "model=lenet5", "model.input_size=null", "model.padding=valid")
