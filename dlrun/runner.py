@@ -34,7 +34,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         import torch
 
         from dlrun.data import adapt, build_data
-        from dlrun.metrics import best_mode, metric_names
+        from dlrun.metrics import best_mode, compute_metrics, metric_names
         from dlrun.registry import get_model
         from dlrun.training import fit_torch, predict, resolve_device, seed_everything
 
@@ -89,9 +89,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         scores = {}
         for name in ("val", "test"):
             x, y = splits[name]
-            outputs = predict(model, torch.as_tensor(x, device=device), conf.trainer.precision)
-            from dlrun.metrics import compute_metrics
-
+            outputs = predict(model, torch.as_tensor(x, device=device), spec.task, conf.trainer.precision)
             scores[name] = compute_metrics(spec.task, y, outputs)
 
         summary = {

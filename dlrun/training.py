@@ -109,7 +109,7 @@ def autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def predict(model, x, precision: str, batch_size: int = EVAL_BATCH) -> np.ndarray:
+def predict(model, x, task: str, precision: str = "32", batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Outputs for every sample of `x` (a tensor on the model's device): class probabilities
     (classification) or predictions (regression), as one host array."""
     import torch
@@ -120,7 +120,7 @@ def predict(model, x, precision: str, batch_size: int = EVAL_BATCH) -> np.ndarra
         for start in range(0, len(x), batch_size):
             outs.append(model(x[start : start + batch_size]).float())
     out = torch.cat(outs).cpu().double()  # (N, K) or (N, T)
-    if getattr(model, "task", "classification") == "classification":
+    if task == "classification":
         out = torch.softmax(out, dim=1)  # in float64, so each row sums to 1 for log_loss
     return out.numpy()
 
@@ -131,7 +131,6 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
     from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
     tcfg = conf.trainer
-    model.task = spec.task
     model.to(device)
     x_train, y_train = (torch.as_tensor(a, device=device) for a in splits["train"])
     x_val = torch.as_tensor(splits["val"][0], device=device)
@@ -156,6 +155,7 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    config = conf_dict(conf)
 
     history: list[dict] = []
     train_time = 0.0
@@ -200,7 +200,7 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                     f"learning rate too high (optim.lr={conf.optim.lr}) or no gradient clipping "
                     "(try trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch so far."
                 )
-            val = compute_metrics(spec.task, y_val, predict(model, x_val, tcfg.precision))
+            val = compute_metrics(spec.task, y_val, predict(model, x_val, spec.task, tcfg.precision))
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -227,7 +227,7 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
                     "python": random.getstate(),
                 },
-                "config": conf_dict(conf),
+                "config": config,
             }
             save_checkpoint(ckpt_dir / "last.pt", state)
             if improved:
