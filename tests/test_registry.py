@@ -42,10 +42,10 @@ def test_registry_matches_config_groups():
 
 def test_unknown_model_lists_registered_ones():
     with pytest.raises(ConfigError) as err:
-        get_model("resnet")
+        get_model("transformer")
     assert (
         str(err.value)
-        == "model.name: 'resnet' is not a registered model. Choose one of: lenet5, mlp."
+        == "model.name: 'transformer' is not a registered model. Choose one of: lenet5, mlp."
     )
 
 
