@@ -76,6 +76,7 @@ class DataConfig:
     val_split: float = setting(0.1, lo=0, hi=1, lo_open=True, hi_open=True)
     split_seed: int = II("seed")  # the split follows the run's seed unless set on its own
     normalize: bool = True  # statistics from the training split only
+    task: Optional[str] = setting(None, choices=("classification", "regression"))  # null: the data's
 
 
 @dataclass
@@ -112,6 +113,7 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     precision: str = setting("32", choices=("32", "bf16", "16"))
+    loss: str = setting("auto", choices=("auto", "cross_entropy", "mse", "l1"))  # auto: by task
     seed: int = II("seed")  # weights, dropout and batch order
 
 

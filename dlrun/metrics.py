@@ -25,7 +25,8 @@ def best_mode(metric: str) -> str:
     return "max" if metric.removeprefix("val_") in HIGHER_IS_BETTER else "min"
 
 
-def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, loss: str = "auto") -> dict[str, float]:
+    """`loss` names the training loss for regression: mse (auto) or l1."""
     from sklearn import metrics as skm
 
     if task == "classification":
@@ -38,9 +39,10 @@ def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[
         }
     pred = np.asarray(outputs, dtype=np.float64).reshape(np.shape(y_true))
     mse = float(skm.mean_squared_error(y_true, pred))
+    mae = float(skm.mean_absolute_error(y_true, pred))
     return {
         "rmse": mse**0.5,
-        "mae": float(skm.mean_absolute_error(y_true, pred)),
+        "mae": mae,
         "r2": float(skm.r2_score(y_true, pred)),
-        "loss": mse,
+        "loss": mae if loss == "l1" else mse,
     }

@@ -30,7 +30,7 @@ class ModelEntry:
 class DataEntry:
     name: str
     schema: type
-    load: Callable[..., Any]  # load(cfg) -> (x, y, DataSpec) arrays before splitting
+    load: Callable[..., Any]  # load(cfg) -> dlrun.data.RawData, every sample before splitting
 
 
 MODELS: dict[str, ModelEntry] = {}

@@ -1,4 +1,7 @@
-"""One run, top to bottom: validate -> data -> model -> fit -> evaluate -> artifacts."""
+"""One run, top to bottom: validate -> data -> model -> fit -> evaluate -> artifacts.
+
+Torch networks and tree estimators share every step but `fit`.
+"""
 
 from __future__ import annotations
 
@@ -25,18 +28,16 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    from dlrun.report import epoch_progress, print_summary, run_log
+    from dlrun.report import print_summary, run_log
 
     with run_log(run_dir):
         started = time.perf_counter()
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
 
-        import torch
-
         from dlrun.data import adapt, build_data
-        from dlrun.metrics import best_mode, compute_metrics, metric_names
+        from dlrun.metrics import compute_metrics
         from dlrun.registry import get_model
-        from dlrun.training import fit_torch, predict, resolve_device, seed_everything
+        from dlrun.training import resolve_device, seed_everything
 
         seed_everything(conf.seed)
         data = build_data(conf.data)
@@ -46,62 +47,44 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         if entry.takes == "image" and size and spec.shape[1:] != (size, size):
             data = data.resized(size)
             spec = data.spec.view(entry.takes)
-        stopping = conf.trainer.early_stopping
-        allowed = [f"val_{m}" for m in metric_names(spec.task)]
-        if stopping.monitor not in allowed:
-            raise ConfigError(
-                not_one_of(
-                    "trainer.early_stopping.monitor",
-                    "a validation metric",
-                    stopping.monitor,
-                    allowed,
-                )
-            )
-        if stopping.mode == "auto":
-            stopping.mode = best_mode(stopping.monitor)
+        check_task_settings(conf, spec)
         device = resolve_device(conf.trainer.device)
         if conf.trainer.precision == "16" and device.type != "cuda":
             raise ConfigError(
                 f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32."
             )
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-        model = entry.build(conf.model, spec)
-        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info(
-            "%s (%s parameters) on %s, %s",
-            conf.model.name,
-            f"{params:,}",
-            conf.data.name,
-            ", ".join(f"{k} {v}" for k, v in data.sizes().items()),
-        )
         splits = {
             name: (adapt(x, data.spec, entry.takes), y)
             for name in ("train", "val", "test")
             for x, y in [data.split(name)]
         }
+        log.info(
+            "%s on %s (%s, %s), %s", conf.model.name, conf.data.name, spec.task,
+            "x".join(map(str, spec.shape)), ", ".join(f"{k} {v}" for k, v in data.sizes().items()),
+        )
 
-        with epoch_progress(conf.trainer.max_epochs, stopping.monitor) as on_epoch:
-            result = fit_torch(model, splits, spec, conf, run_dir, device, progress=on_epoch)
+        if entry.family == "torch":
+            fitted = fit_network(entry, conf, spec, splits, run_dir, device)
+        else:
+            fitted = fit_estimator(entry, conf, spec, splits, run_dir, device)
+        result, predict, params = fitted
 
         # evaluate: the best checkpoint, the same metric code for every family
-        scores = {}
-        for name in ("val", "test"):
-            x, y = splits[name]
-            outputs = predict(model, torch.as_tensor(x, device=device), spec.task, conf.trainer.precision)
-            scores[name] = compute_metrics(spec.task, y, outputs)
+        scores = {
+            name: compute_metrics(spec.task, splits[name][1], predict(splits[name][0]), conf.trainer.loss)
+            for name in ("val", "test")
+        }
+        stopping = conf.trainer.early_stopping
+        best_value = result.best_value
+        if best_value is None:  # estimators: the monitored metric of the fitted model
+            best_value = scores["val"][stopping.monitor.removeprefix("val_")]
 
         summary = {
             "status": "completed",
             "model": conf.model.name,
             "data": conf.data.name,
             "task": spec.task,
-            "monitor": {
-                "metric": stopping.monitor,
-                "mode": stopping.mode,
-                "best": result.best_value,
-            },
+            "monitor": {"metric": stopping.monitor, "mode": stopping.mode, "best": best_value},
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early,
@@ -109,9 +92,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "test": scores["test"],
             "params": params,
             "wall_time_s": time.perf_counter() - started,
-            "samples_per_s": result.samples_seen / result.train_time_s
-            if result.train_time_s
-            else 0.0,
+            "samples_per_s": result.samples_seen / result.train_time_s if result.train_time_s else 0.0,
             "device": str(device),
             "versions": versions(),
             "run_dir": str(run_dir),
@@ -122,17 +103,83 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         return summary
 
 
+def check_task_settings(conf, spec) -> None:
+    """The monitor and the loss must fit the data's task; `auto` settings are resolved here."""
+    from dlrun.metrics import best_mode, metric_names
+
+    trainer = conf.trainer
+    stopping = trainer.early_stopping
+    allowed = [f"val_{m}" for m in metric_names(spec.task)]
+    if stopping.monitor not in allowed:
+        raise ConfigError(
+            not_one_of("trainer.early_stopping.monitor", f"a {spec.task} metric", stopping.monitor, allowed)
+        )
+    if stopping.mode == "auto":
+        stopping.mode = best_mode(stopping.monitor)
+    losses = ("cross_entropy",) if spec.task == "classification" else ("mse", "l1")
+    if trainer.loss == "auto":
+        trainer.loss = losses[0]
+    elif trainer.loss not in losses:
+        raise ConfigError(not_one_of("trainer.loss", f"a {spec.task} loss", trainer.loss, ("auto", *losses)))
+
+
+def fit_network(entry, conf, spec, splits, run_dir: Path, device):
+    """The torch loop; returns (FitResult, predict(x) -> outputs, trainable parameter count)."""
+    import numpy as np
+    import torch
+
+    from dlrun.report import epoch_progress
+    from dlrun.training import fit_torch, predict
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = entry.build(conf.model, spec)
+    if spec.task == "regression":
+        from dlrun.nn import TargetScaled
+
+        y = splits["train"][1].reshape(len(splits["train"][1]), -1)  # (N, T)
+        model = TargetScaled(model, y.mean(axis=0), np.maximum(y.std(axis=0), 1e-8))
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s trainable parameters on %s", f"{params:,}", device)
+    with epoch_progress(conf.trainer.max_epochs, conf.trainer.early_stopping.monitor) as on_epoch:
+        result = fit_torch(model, splits, spec, conf, run_dir, device, progress=on_epoch)
+
+    def predict_outputs(x):
+        return predict(model, torch.as_tensor(x, device=device), spec.task, conf.trainer.precision)
+
+    return result, predict_outputs, params
+
+
+def fit_estimator(entry, conf, spec, splits, run_dir: Path, device):
+    """The estimator's own fit (no epoch loop); saved in a format that runs no code on load."""
+    estimator = entry.build(
+        conf.model, spec, seed=conf.seed, device=device, patience=conf.trainer.early_stopping.patience
+    )
+    result = estimator.fit(splits, conf, run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    path = estimator.save(ckpt_dir)
+    log.info("%s fitted in %.2f s (%d rounds); saved %s", entry.name, result.train_time_s,
+             result.epochs_run, path.name)
+    return result, estimator.predict, estimator.size()
+
+
 def versions() -> dict[str, str]:
+    import sys
+
     import numpy
     import sklearn
     import torch
 
     import dlrun
 
-    return {
+    found = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "dlrun": dlrun.__version__,
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
     }
+    if "xgboost" in sys.modules:
+        found["xgboost"] = sys.modules["xgboost"].__version__
+    return found

@@ -132,7 +132,10 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
 
     tcfg = conf.trainer
     model.to(device)
-    x_train, y_train = (torch.as_tensor(a, device=device) for a in splits["train"])
+    x_train = torch.as_tensor(splits["train"][0], device=device)
+    y_train = torch.as_tensor(splits["train"][1], device=device)
+    if spec.task == "regression":
+        y_train = y_train.reshape(len(y_train), -1)  # (N, T), as the network predicts
     x_val = torch.as_tensor(splits["val"][0], device=device)
     y_val = splits["val"][1]
 
@@ -149,7 +152,16 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
         conf.sched, optimizer, max_epochs=tcfg.max_epochs, steps_per_epoch=steps, mode=stopper.mode
     )
     interval = SCHED_INTERVAL[conf.sched.name]
-    loss_fn = torch.nn.CrossEntropyLoss() if spec.task == "classification" else torch.nn.MSELoss()
+    loss_fn = {"cross_entropy": torch.nn.CrossEntropyLoss, "mse": torch.nn.MSELoss, "l1": torch.nn.L1Loss}[
+        tcfg.loss
+    ]()
+    # Regression networks predict in the target's units (dlrun.nn.TargetScaled); dividing the
+    # loss by the target's variance (or std for l1) gives the gradients of a standardized
+    # target, so learning rates mean the same whatever the units. Reported losses stay in units.
+    grad_scale = 1.0
+    if spec.task == "regression":
+        std = y_train.float().std(dim=0).clamp(min=1e-8)
+        grad_scale = float((std**2).mean() if tcfg.loss == "mse" else std.mean())
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "16")
     shuffle = torch.Generator().manual_seed(tcfg.seed)
     ckpt_dir = run_dir / "checkpoints"
@@ -176,7 +188,7 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                     out = model(xb)
                 loss = loss_fn(out.float(), yb)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss / grad_scale).backward()
                 scaler.unscale_(optimizer)
                 # The norm before clipping is what tells a user whether clipping is needed.
                 norm = get_total_norm([p.grad for p in params if p.grad is not None])
@@ -200,7 +212,7 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                     f"learning rate too high (optim.lr={conf.optim.lr}) or no gradient clipping "
                     "(try trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch so far."
                 )
-            val = compute_metrics(spec.task, y_val, predict(model, x_val, spec.task, tcfg.precision))
+            val = compute_metrics(spec.task, y_val, predict(model, x_val, spec.task, tcfg.precision), tcfg.loss)
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,

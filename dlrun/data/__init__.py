@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, UserError
 
 DATA_KINDS = ("image", "sequence", "tabular")
 TASKS = ("classification", "regression")
@@ -24,6 +25,7 @@ TASKS = ("classification", "regression")
 class DataSpec:
     """What the data is: the model builders take their sizes from here."""
 
+    name: str  # the dataset
     task: str  # classification or regression
     kind: str  # image (C, H, W), sequence (T, D) or tabular (F,)
     shape: tuple[int, ...]  # one sample's shape, as the model will receive it
@@ -66,7 +68,8 @@ def adapt(x: np.ndarray, spec: DataSpec, takes: str) -> np.ndarray:
 
 @dataclass
 class DataModule:
-    """Train / val / test splits as numpy arrays, and the spec they share."""
+    """Train / val / test splits as numpy arrays (features float32; classes int64 or targets
+    float32), and the spec they share."""
 
     spec: DataSpec
     x_train: np.ndarray
@@ -92,24 +95,84 @@ class DataModule:
         return dataclasses.replace(self, spec=spec, **xs)
 
 
-def build_data(cfg) -> DataModule:
-    """Load the dataset named by `cfg.name`, split it, and normalize it."""
-    from sklearn.model_selection import train_test_split
+@dataclass
+class RawData:
+    """What a dataset loader returns: every sample, before splitting."""
 
+    x: Any  # (N, *spec.shape) float32 array; or any table that `encode` turns into one
+    y: np.ndarray  # (N,) class indices (int64) or targets (float32); (N, T) for T targets
+    spec: DataSpec
+    # Per-sample 'train' / 'val' / 'test' for data that comes with its own split (MNIST's test
+    # set, a CSV's split column). With no 'val' rows, validation is carved from 'train'.
+    fixed_split: np.ndarray | None = None
+    # encode(x, train_rows) -> float32 array for every row, fitted on the training rows only
+    # (category vocabularies, imputation statistics).
+    encode: Callable[[Any, np.ndarray], np.ndarray] | None = None
+
+
+def build_data(cfg) -> DataModule:
+    """Load the dataset named by `cfg.name`, split it, and normalize it.
+
+    The split depends only on the data, `split_seed`, `test_split` and `val_split`, never on the
+    model, so every model family is scored on the same rows.
+    """
     from dlrun.registry import get_data
 
-    x, y, spec = get_data(cfg.name).load(cfg)
-    stratify = y if spec.task == "classification" else None
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=cfg.test_split, random_state=cfg.split_seed, stratify=stratify
-    )
-    stratify = y_rest if spec.task == "classification" else None
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=cfg.val_split, random_state=cfg.split_seed, stratify=stratify
-    )
+    raw = get_data(cfg.name).load(cfg)
+    if cfg.task is not None and cfg.task != raw.spec.task:
+        raw = _with_task(raw, cfg.task)
+    train, val, test = split_indices(raw, cfg)
+    x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
+    xs = [np.asarray(x[rows], dtype=np.float32) for rows in (train, val, test)]
     if cfg.normalize:
-        x_train, x_val, x_test = _normalize(spec, x_train, x_val, x_test)
-    return DataModule(spec, x_train, y_train, x_val, y_val, x_test, y_test)
+        xs = _normalize(raw.spec, *xs)
+    return DataModule(raw.spec, xs[0], raw.y[train], xs[1], raw.y[val], xs[2], raw.y[test])
+
+
+def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train, val and test: stratified for classification, seeded."""
+    from sklearn.model_selection import train_test_split
+
+    def cut(rows: np.ndarray, share: float, what: str):
+        stratify = raw.y[rows] if raw.spec.task == "classification" else None
+        try:
+            return train_test_split(rows, test_size=share, random_state=cfg.split_seed, stratify=stratify)
+        except ValueError as ex:
+            raise UserError(
+                f"data: cannot split {len(rows)} samples into a {what} share of {share}: {ex}"
+            ) from None
+
+    rows = np.arange(len(raw.y))
+    if raw.fixed_split is None:
+        rest, test = cut(rows, cfg.test_split, "data.test_split")
+        train, val = cut(rest, cfg.val_split, "data.val_split")
+        return train, val, test
+    split = np.asarray(raw.fixed_split)
+    test, val, train = (rows[split == name] for name in ("test", "val", "train"))
+    if len(val) == 0:
+        train, val = cut(train, cfg.val_split, "data.val_split")
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        if len(part) == 0:
+            raise UserError(f"data: the fixed split has no '{name}' rows.")
+    return train, val, test
+
+
+def _with_task(raw: RawData, task: str) -> RawData:
+    """Read the target as `task` instead of the task the dataset declares (data.task)."""
+    y = np.asarray(raw.y)
+    if task == "regression":
+        spec = dataclasses.replace(raw.spec, task="regression", num_classes=None, class_names=None,
+                                   num_targets=1 if y.ndim == 1 else y.shape[1])
+        return dataclasses.replace(raw, y=y.astype(np.float32), spec=spec)
+    values, codes = np.unique(y, return_inverse=True)
+    if y.ndim != 1 or not np.all(np.mod(values, 1) == 0) or len(values) > 1000:
+        raise UserError(
+            f"data.task: 'classification' needs one target of whole-number classes; "
+            f"{raw.spec.task} data '{raw.spec.name}' has {len(values)} distinct values."
+        )
+    spec = dataclasses.replace(raw.spec, task="classification", num_classes=len(values),
+                               class_names=tuple(str(v) for v in values))
+    return dataclasses.replace(raw, y=codes.astype(np.int64), spec=spec)
 
 
 def resize_images(x: np.ndarray, size: int) -> np.ndarray:

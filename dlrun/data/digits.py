@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from dlrun.config import DataConfig, setting
-from dlrun.data import DataSpec, resize_images
+from dlrun.data import DataSpec, RawData, resize_images
 from dlrun.registry import register_data
 
 
@@ -28,10 +28,11 @@ def load_digits(cfg: DigitsConfig):
         x = resize_images(x, cfg.image_size)
     y = bunch.target.astype(np.int64)
     spec = DataSpec(
+        name="digits",
         task="classification",
         kind="image",
         shape=tuple(x.shape[1:]),
         num_classes=10,
         class_names=tuple(str(c) for c in bunch.target_names),
     )
-    return x, y, spec
+    return RawData(x, y, spec)

@@ -1,7 +1,16 @@
 """Model zoo: one file per architecture, each registered with `@register_model`.
 
 Importing this package registers every model (and stores its schema for Hydra); the modules
-import torch only inside their builders.
+import torch, scikit-learn or XGBoost only inside their builders.
 """
 
-from dlrun.models import lenet5, mlp  # noqa: F401  (registration side effect)
+from dlrun.models import (  # noqa: F401  (registration side effect)
+    attention,
+    gru,
+    lenet5,
+    lstm,
+    mlp,
+    random_forest,
+    rnn,
+    xgb,
+)

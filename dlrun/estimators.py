@@ -1,0 +1,61 @@
+"""Tree models next to the torch networks: the same splits, metrics and run folder; their own
+fit. Each estimator file wraps its library in an `Estimator` (fit, predict, save, size)."""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dlrun.metrics import compute_metrics
+from dlrun.training import FitResult
+
+
+class Estimator(abc.ABC):
+    """Adapter around a scikit-learn-style estimator (`self.model`)."""
+
+    def __init__(self, model, spec):
+        self.model = model
+        self.spec = spec
+
+    def fit(self, splits, conf, run_dir: Path) -> FitResult:
+        x, y = splits["train"]
+        started = time.perf_counter()
+        self.model.fit(x, y)
+        elapsed = time.perf_counter() - started
+        record = {"epoch": 1}
+        for name in ("train", "val"):
+            xs, ys = splits[name]
+            scores = compute_metrics(self.spec.task, ys, self.predict(xs), conf.trainer.loss)
+            record.update({f"{name}_{k}": v for k, v in scores.items()})
+        record["fit_time_s"] = elapsed
+        write_records(run_dir, [record])
+        return FitResult(best_epoch=1, best_value=None, epochs_run=1, stopped_early=False,
+                         train_time_s=elapsed, samples_seen=len(y), history=[record])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) for classification, predictions (N,) for regression."""
+        if self.spec.task == "regression":
+            return self.model.predict(x)
+        proba = self.model.predict_proba(x)
+        full = np.zeros((len(x), self.spec.num_classes))
+        full[:, np.asarray(self.model.classes_, dtype=int)] = proba  # classes absent from train: 0
+        return full
+
+    @abc.abstractmethod
+    def save(self, ckpt_dir: Path) -> Path:
+        """Write the fitted model in a format that runs no code on load; return its path."""
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Number of tree nodes (what a tree model learns, in place of parameters)."""
+
+
+def write_records(run_dir: Path, records: list[dict]) -> None:
+    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+

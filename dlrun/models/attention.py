@@ -1,0 +1,40 @@
+"""Transformer encoder (Vaswani et al. 2017) over sequences: input projection, positions,
+pre-norm encoder layers, then a CLS token or mean pooling and a linear head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlrun.config import ModelConfig, setting
+from dlrun.registry import register_model
+
+
+@dataclass
+class AttentionConfig(ModelConfig):
+    name: str = "attention"
+    d_model: int = setting(64, lo=1)
+    heads: int = setting(4, lo=1)
+    layers: int = setting(2, lo=1)
+    ff_size: int = setting(128, lo=1)  # hidden size of each layer's feed-forward block
+    dropout: float = setting(0.1, lo=0, hi=1, hi_open=True)
+    positions: str = setting("learned", choices=("learned", "sinusoidal"))
+    pooling: str = setting("cls", choices=("cls", "mean"))
+
+    def problems(self) -> list[str]:
+        if self.d_model % self.heads:
+            return [f"model.d_model must be a multiple of model.heads. Got {self.d_model} and {self.heads}."]
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            return [f"model.d_model must be even for sinusoidal positions. Got {self.d_model}."]
+        return []
+
+
+@register_model("attention", schema=AttentionConfig, takes="sequence")
+def build_attention(cfg: AttentionConfig, spec):
+    from dlrun.nn import TransformerNet
+
+    seq_len, features = spec.shape  # (T, D)
+    return TransformerNet(
+        features, seq_len, spec.out_features, d_model=cfg.d_model, heads=cfg.heads,
+        layers=cfg.layers, ff_size=cfg.ff_size, dropout=cfg.dropout, positions=cfg.positions,
+        pooling=cfg.pooling,
+    )

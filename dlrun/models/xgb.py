@@ -1,0 +1,92 @@
+"""Gradient-boosted trees (Chen & Guestrin 2016): XGBoost's XGBClassifier / XGBRegressor with the
+`hist` tree method, early stopping on the validation split, and the validation metric of every
+boosting round in metrics.jsonl. Saved in XGBoost's own UBJSON format."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from dlrun.config import ModelConfig, setting
+from dlrun.errors import UserError
+from dlrun.estimators import Estimator, write_records
+from dlrun.registry import register_model
+from dlrun.training import FitResult
+
+# XGBoost's evaluation metrics under dlrun's names (its mlogloss is dlrun's classification loss).
+METRIC_NAMES = {"mlogloss": "loss", "logloss": "loss", "rmse": "rmse", "mae": "mae"}
+
+
+@dataclass
+class XGBoostConfig(ModelConfig):
+    name: str = "xgboost"
+    n_estimators: int = setting(500, lo=1)  # boosting rounds at most; early stopping may end sooner
+    max_depth: int = setting(6, lo=1)
+    learning_rate: float = setting(0.1, lo=0, lo_open=True)
+    subsample: float = setting(1.0, lo=0, hi=1, lo_open=True)
+    colsample_bytree: float = setting(1.0, lo=0, hi=1, lo_open=True)
+    reg_lambda: float = setting(1.0, lo=0)
+    min_child_weight: float = setting(1.0, lo=0)
+    tree_method: str = setting("hist", choices=("hist", "approx", "exact"))
+    n_jobs: Optional[int] = None  # null: every core
+
+
+class Boosted(Estimator):
+    def fit(self, splits, conf, run_dir: Path) -> FitResult:
+        (x, y), (xv, yv) = splits["train"], splits["val"]
+        if self.spec.task == "classification" and len(np.unique(y)) < self.spec.num_classes:
+            raise UserError(
+                f"xgboost needs every class in the training split; it has {len(np.unique(y))} of "
+                f"{self.spec.num_classes}. Use a larger data.test_split/val_split share or more data."
+            )
+        started = time.perf_counter()
+        self.model.fit(x, y, eval_set=[(x, y), (xv, yv)], verbose=False)
+        elapsed = time.perf_counter() - started
+        history = self.model.evals_result()
+        (metric,) = history["validation_0"]
+        name = METRIC_NAMES[metric]
+        train_curve, val_curve = history["validation_0"][metric], history["validation_1"][metric]
+        records = [
+            {"round": i + 1, f"train_{name}": float(t), f"val_{name}": float(v)}
+            for i, (t, v) in enumerate(zip(train_curve, val_curve))
+        ]
+        write_records(run_dir, records)
+        rounds = len(records)
+        best = getattr(self.model, "best_iteration", None)
+        best_round = rounds if best is None else int(best) + 1
+        return FitResult(best_epoch=best_round, best_value=None, epochs_run=rounds,
+                         stopped_early=rounds < self.model.n_estimators, train_time_s=elapsed,
+                         samples_seen=len(y) * rounds, history=records)
+
+    def save(self, ckpt_dir: Path) -> Path:
+        from dlrun.checkpoints import atomic_write
+
+        path = ckpt_dir / "model.ubj"
+        raw = self.model.get_booster().save_raw(raw_format="ubj")
+        atomic_write(path, lambda f: f.write(bytes(raw)))
+        return path
+
+    def size(self) -> int:
+        return sum(len(tree.strip().splitlines()) for tree in self.model.get_booster().get_dump())
+
+
+@register_model("xgboost", schema=XGBoostConfig, takes="flat", family="estimator")
+def build_xgboost(cfg: XGBoostConfig, spec, *, seed: int, device, patience: Optional[int] = None) -> Boosted:
+    import xgboost
+
+    classify = spec.task == "classification"
+    params = dict(
+        n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, learning_rate=cfg.learning_rate,
+        subsample=cfg.subsample, colsample_bytree=cfg.colsample_bytree, reg_lambda=cfg.reg_lambda,
+        min_child_weight=cfg.min_child_weight, tree_method=cfg.tree_method, n_jobs=cfg.n_jobs,
+        random_state=seed, device="cuda" if device.type == "cuda" else "cpu",
+        early_stopping_rounds=patience,
+    )
+    if classify:
+        metric = "mlogloss" if spec.num_classes > 2 else "logloss"
+        return Boosted(xgboost.XGBClassifier(eval_metric=metric, **params), spec)
+    return Boosted(xgboost.XGBRegressor(eval_metric="rmse", **params), spec)

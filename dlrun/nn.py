@@ -1,0 +1,119 @@
+"""Torch modules shared by the model builders (imported only when a torch model is built)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class TargetScaled(nn.Module):
+    """Wraps a regression network so that it predicts in the target's own units.
+
+    The network learns a standardized target (mean 0, std 1 on the training split), which keeps
+    its output layer and learning rate well scaled whatever the target's units; this layer maps
+    its output back, so losses, metrics and predictions are all in the data's units.
+    """
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).float() * self.std + self.mean  # (B, T)
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine position encodings (Vaswani et al. 2017), added to the input."""
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        position = torch.arange(max_len).unsqueeze(1)  # (L, 1)
+        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2] = torch.sin(position * div)
+        table[:, 1::2] = torch.cos(position * div)[:, : d_model // 2]
+        self.register_buffer("table", table.unsqueeze(0))  # (1, L, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table[:, : x.shape[1]]
+
+
+class LearnedPositions(nn.Module):
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(1, max_len, d_model))
+        nn.init.normal_(self.table, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table[:, : x.shape[1]]
+
+
+class RecurrentNet(nn.Module):
+    """nn.RNN / nn.GRU / nn.LSTM over the whole sequence in one call (cuDNN's fused kernels on a
+    GPU), then a linear head on the last state or on pooled states."""
+
+    def __init__(self, rnn: nn.RNNBase, pooling: str, out_features: int):
+        super().__init__()
+        self.rnn = rnn
+        self.pooling = pooling
+        directions = 2 if rnn.bidirectional else 1
+        self.head = nn.Linear(rnn.hidden_size * directions, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, state = self.rnn(x)  # out: (B, T, H * dirs)
+        if self.pooling == "last":
+            h_n = state[0] if isinstance(state, tuple) else state  # (layers * dirs, B, H)
+            dirs = 2 if self.rnn.bidirectional else 1
+            feats = torch.cat(list(h_n[-dirs:]), dim=1)  # last layer, every direction: (B, H * dirs)
+        elif self.pooling == "mean":
+            feats = out.mean(dim=1)
+        else:
+            feats = out.amax(dim=1)
+        return self.head(feats)
+
+
+class TransformerNet(nn.Module):
+    """A Transformer encoder over (B, T, D) sequences with a CLS token or mean pooling.
+
+    `lengths` (B,) marks the real length of each padded sequence: padded steps are masked out of
+    attention and out of the mean.
+    """
+
+    def __init__(self, in_features: int, seq_len: int, out_features: int, *, d_model: int, heads: int,
+                 layers: int, ff_size: int, dropout: float, positions: str, pooling: str):
+        super().__init__()
+        self.pooling = pooling
+        self.embed = nn.Linear(in_features, d_model)
+        extra = 1 if pooling == "cls" else 0
+        if pooling == "cls":
+            self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
+        make = SinusoidalPositions if positions == "sinusoidal" else LearnedPositions
+        self.positions = make(seq_len + extra, d_model)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, ff_size, dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, out_features)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(x)  # (B, T, d)
+        pad = None
+        if lengths is not None:
+            steps = torch.arange(x.shape[1], device=x.device)
+            pad = steps.unsqueeze(0) >= lengths.unsqueeze(1)  # (B, T), True where padded
+        if self.pooling == "cls":
+            h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1)  # (B, 1 + T, d)
+            if pad is not None:
+                pad = torch.cat([pad.new_zeros(pad.shape[0], 1), pad], dim=1)
+        h = self.norm(self.encoder(self.positions(h), src_key_padding_mask=pad))
+        if self.pooling == "cls":
+            return self.head(h[:, 0])
+        if pad is None:
+            return self.head(h.mean(dim=1))
+        keep = (~pad).unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+        return self.head((h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1))
