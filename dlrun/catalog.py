@@ -12,8 +12,10 @@ import functools
 @functools.cache
 def load_catalog() -> None:
     import dlrun.data.digits  # noqa: F401
+    import dlrun.data.files  # noqa: F401
     import dlrun.data.synthetic  # noqa: F401
     import dlrun.data.tabular  # noqa: F401
+    import dlrun.data.vision  # noqa: F401
     import dlrun.models  # noqa: F401
     from dlrun import optim
     from dlrun.config import store_base_schemas

@@ -43,7 +43,7 @@ class Estimator(abc.ABC):
         proba = self.model.predict_proba(x)
         full = np.zeros((len(x), self.spec.num_classes))
         full[:, np.asarray(self.model.classes_, dtype=int)] = proba  # classes absent from train: 0
-        return full
+        return full / full.sum(axis=1, keepdims=True)  # float32 outputs may not sum to exactly 1
 
     @abc.abstractmethod
     def save(self, ckpt_dir: Path) -> Path:

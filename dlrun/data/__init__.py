@@ -135,12 +135,17 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
     def cut(rows: np.ndarray, share: float, what: str):
         stratify = raw.y[rows] if raw.spec.task == "classification" else None
+        if stratify is not None:
+            _, counts = np.unique(stratify, return_counts=True)
+            if (counts < 2).any():
+                raise UserError(
+                    f"data: cannot make a stratified split for {what}: {int((counts < 2).sum())} of "
+                    f"{len(counts)} classes have fewer than 2 samples among {len(rows)}."
+                )
         try:
             return train_test_split(rows, test_size=share, random_state=cfg.split_seed, stratify=stratify)
         except ValueError as ex:
-            raise UserError(
-                f"data: cannot split {len(rows)} samples into a {what} share of {share}: {ex}"
-            ) from None
+            raise UserError(f"data: cannot split {len(rows)} samples for {what}={share}: {ex}") from None
 
     rows = np.arange(len(raw.y))
     if raw.fixed_split is None:
