@@ -143,7 +143,8 @@ def _not_found(source: Source, root: Path, download: bool, ex: Exception) -> str
     missing = [p for p in expected if not p.is_file()]
     folder = expected[0].parent
     if download:
-        reason = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
+        reason = " ".join(str(ex).split()) or type(ex).__name__
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
         return (
             f"data.download: could not download {source.title} into {root} ({reason}). Put the "
             f"files in {folder} yourself: {', '.join(p.name for p in expected)}."
@@ -169,11 +170,12 @@ def _not_found(source: Source, root: Path, download: bool, ex: Exception) -> str
     found = (
         f" Missing: {', '.join(p.name for p in missing)}." if len(missing) < len(expected) else ""
     )
+    kind = "raw or processed " if source.processed(root) else ""
     packed = [p.name for p in folder.glob("*.gz")] + [p.name for p in root.glob("*.tar.gz")]
     hint = f" Found {', '.join(sorted(packed))}: unpack them there." if packed else ""
     return (
-        f"data.root: no {source.title} files in {root} (looked for the raw or processed files "
-        f"torchvision reads: {looked}).{found}{hint} Put them there or add data.download=true."
+        f"data.root: no {source.title} files in {root} (looked for the {kind}files torchvision "
+        f"reads: {looked}).{found}{hint} Put them there or add data.download=true."
     )
 
 
