@@ -76,7 +76,9 @@ class DataConfig:
     val_split: float = setting(0.1, lo=0, hi=1, lo_open=True, hi_open=True)
     split_seed: int = II("seed")  # the split follows the run's seed unless set on its own
     normalize: bool = True  # statistics from the training split only
-    task: Optional[str] = setting(None, choices=("classification", "regression"))  # null: the data's
+    task: Optional[str] = setting(
+        None, choices=("classification", "regression")
+    )  # null: the data's
 
 
 @dataclass

@@ -33,8 +33,15 @@ class Estimator(abc.ABC):
             record.update({f"{name}_{k}": v for k, v in scores.items()})
         record["fit_time_s"] = elapsed
         write_records(run_dir, [record])
-        return FitResult(best_epoch=1, best_value=None, epochs_run=1, stopped_early=False,
-                         train_time_s=elapsed, samples_seen=len(y), history=[record])
+        return FitResult(
+            best_epoch=1,
+            best_value=None,
+            epochs_run=1,
+            stopped_early=False,
+            train_time_s=elapsed,
+            samples_seen=len(y),
+            history=[record],
+        )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) for classification, predictions (N,) for regression."""
@@ -58,4 +65,3 @@ def write_records(run_dir: Path, records: list[dict]) -> None:
     with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-

@@ -25,7 +25,9 @@ def best_mode(metric: str) -> str:
     return "max" if metric.removeprefix("val_") in HIGHER_IS_BETTER else "min"
 
 
-def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, loss: str = "auto") -> dict[str, float]:
+def compute_metrics(
+    task: str, y_true: np.ndarray, outputs: np.ndarray, loss: str = "auto"
+) -> dict[str, float]:
     """`loss` names the training loss for regression: mse (auto) or l1."""
     from sklearn import metrics as skm
 

@@ -68,7 +68,9 @@ class RecurrentNet(nn.Module):
         if self.pooling == "last":
             h_n = state[0] if isinstance(state, tuple) else state  # (layers * dirs, B, H)
             dirs = 2 if self.rnn.bidirectional else 1
-            feats = torch.cat(list(h_n[-dirs:]), dim=1)  # last layer, every direction: (B, H * dirs)
+            feats = torch.cat(
+                list(h_n[-dirs:]), dim=1
+            )  # last layer, every direction: (B, H * dirs)
         elif self.pooling == "mean":
             feats = out.mean(dim=1)
         else:
@@ -83,8 +85,20 @@ class TransformerNet(nn.Module):
     attention and out of the mean.
     """
 
-    def __init__(self, in_features: int, seq_len: int, out_features: int, *, d_model: int, heads: int,
-                 layers: int, ff_size: int, dropout: float, positions: str, pooling: str):
+    def __init__(
+        self,
+        in_features: int,
+        seq_len: int,
+        out_features: int,
+        *,
+        d_model: int,
+        heads: int,
+        layers: int,
+        ff_size: int,
+        dropout: float,
+        positions: str,
+        pooling: str,
+    ):
         super().__init__()
         self.pooling = pooling
         self.embed = nn.Linear(in_features, d_model)

@@ -59,8 +59,12 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             for x, y in [data.split(name)]
         }
         log.info(
-            "%s on %s (%s, %s), %s", conf.model.name, conf.data.name, spec.task,
-            "x".join(map(str, spec.shape)), ", ".join(f"{k} {v}" for k, v in data.sizes().items()),
+            "%s on %s (%s, %s), %s",
+            conf.model.name,
+            conf.data.name,
+            spec.task,
+            "x".join(map(str, spec.shape)),
+            ", ".join(f"{k} {v}" for k, v in data.sizes().items()),
         )
 
         if entry.family == "torch":
@@ -71,7 +75,9 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
 
         # evaluate: the best checkpoint, the same metric code for every family
         scores = {
-            name: compute_metrics(spec.task, splits[name][1], predict(splits[name][0]), conf.trainer.loss)
+            name: compute_metrics(
+                spec.task, splits[name][1], predict(splits[name][0]), conf.trainer.loss
+            )
             for name in ("val", "test")
         }
         stopping = conf.trainer.early_stopping
@@ -92,7 +98,9 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "test": scores["test"],
             "params": params,
             "wall_time_s": time.perf_counter() - started,
-            "samples_per_s": result.samples_seen / result.train_time_s if result.train_time_s else 0.0,
+            "samples_per_s": result.samples_seen / result.train_time_s
+            if result.train_time_s
+            else 0.0,
             "device": str(device),
             "versions": versions(),
             "run_dir": str(run_dir),
@@ -112,7 +120,9 @@ def check_task_settings(conf, spec) -> None:
     allowed = [f"val_{m}" for m in metric_names(spec.task)]
     if stopping.monitor not in allowed:
         raise ConfigError(
-            not_one_of("trainer.early_stopping.monitor", f"a {spec.task} metric", stopping.monitor, allowed)
+            not_one_of(
+                "trainer.early_stopping.monitor", f"a {spec.task} metric", stopping.monitor, allowed
+            )
         )
     if stopping.mode == "auto":
         stopping.mode = best_mode(stopping.monitor)
@@ -120,7 +130,9 @@ def check_task_settings(conf, spec) -> None:
     if trainer.loss == "auto":
         trainer.loss = losses[0]
     elif trainer.loss not in losses:
-        raise ConfigError(not_one_of("trainer.loss", f"a {spec.task} loss", trainer.loss, ("auto", *losses)))
+        raise ConfigError(
+            not_one_of("trainer.loss", f"a {spec.task} loss", trainer.loss, ("auto", *losses))
+        )
 
 
 def fit_network(entry, conf, spec, splits, run_dir: Path, device):
@@ -153,14 +165,23 @@ def fit_network(entry, conf, spec, splits, run_dir: Path, device):
 def fit_estimator(entry, conf, spec, splits, run_dir: Path, device):
     """The estimator's own fit (no epoch loop); saved in a format that runs no code on load."""
     estimator = entry.build(
-        conf.model, spec, seed=conf.seed, device=device, patience=conf.trainer.early_stopping.patience
+        conf.model,
+        spec,
+        seed=conf.seed,
+        device=device,
+        patience=conf.trainer.early_stopping.patience,
     )
     result = estimator.fit(splits, conf, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     path = estimator.save(ckpt_dir)
-    log.info("%s fitted in %.2f s (%d rounds); saved %s", entry.name, result.train_time_s,
-             result.epochs_run, path.name)
+    log.info(
+        "%s fitted in %.2f s (%d rounds); saved %s",
+        entry.name,
+        result.train_time_s,
+        result.epochs_run,
+        path.name,
+    )
     return result, estimator.predict, estimator.size()
 
 

@@ -152,9 +152,11 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
         conf.sched, optimizer, max_epochs=tcfg.max_epochs, steps_per_epoch=steps, mode=stopper.mode
     )
     interval = SCHED_INTERVAL[conf.sched.name]
-    loss_fn = {"cross_entropy": torch.nn.CrossEntropyLoss, "mse": torch.nn.MSELoss, "l1": torch.nn.L1Loss}[
-        tcfg.loss
-    ]()
+    loss_fn = {
+        "cross_entropy": torch.nn.CrossEntropyLoss,
+        "mse": torch.nn.MSELoss,
+        "l1": torch.nn.L1Loss,
+    }[tcfg.loss]()
     # Regression networks predict in the target's units (dlrun.nn.TargetScaled); dividing the
     # loss by the target's variance (or std for l1) gives the gradients of a standardized
     # target, so learning rates mean the same whatever the units. Reported losses stay in units.
@@ -212,7 +214,9 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                     f"learning rate too high (optim.lr={conf.optim.lr}) or no gradient clipping "
                     "(try trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch so far."
                 )
-            val = compute_metrics(spec.task, y_val, predict(model, x_val, spec.task, tcfg.precision), tcfg.loss)
+            val = compute_metrics(
+                spec.task, y_val, predict(model, x_val, spec.task, tcfg.precision), tcfg.loss
+            )
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,

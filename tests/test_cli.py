@@ -31,7 +31,10 @@ def dlrun(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complete
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model=nosuch", "dlrun: model: 'nosuch' is not a model. Choose one of: attention, gru, lenet5, lstm, mlp, random_forest, rnn, xgboost.\n"),
+        (
+            "model=nosuch",
+            "dlrun: model: 'nosuch' is not a model. Choose one of: attention, gru, lenet5, lstm, mlp, random_forest, rnn, xgboost.\n",
+        ),
         ("optim.lr=abc", "dlrun: optim.lr must be a float. Got 'abc'.\n"),
         (
             "trainer.max_epochs=-1",
@@ -101,9 +104,13 @@ def test_default_run_from_another_directory_and_bad_input_loses_nothing(tmp_path
 def test_help_lists_the_config_groups(tmp_path):
     result = dlrun("--help", cwd=tmp_path)
     assert result.returncode == 0
-    groups = dict(line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"^[a-z]+: ", line))
+    groups = dict(
+        line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"^[a-z]+: ", line)
+    )
     for group in ("model", "optim", "sched", "data"):
-        assert groups[group].split(", ") == sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
+        assert groups[group].split(", ") == sorted(
+            p.stem for p in (ROOT / "configs" / group).glob("*.yaml")
+        )
     assert "mlp" in groups["model"] and "digits" in groups["data"]
 
 

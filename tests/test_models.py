@@ -24,12 +24,16 @@ def test_images_become_row_sequences_for_recurrent_models():
 
 
 def test_a_pairing_that_makes_no_sense_names_both_sides(tmp_path):
-    with pytest.raises(ConfigError, match=r"a model that takes image input cannot read tabular data \(shape 4\)"):
+    with pytest.raises(
+        ConfigError, match=r"a model that takes image input cannot read tabular data \(shape 4\)"
+    ):
         train(tmp_path, "model=lenet5", "data=iris")
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("pooling, bidirectional", [("last", False), ("last", True), ("mean", True), ("max", False)])
+@pytest.mark.parametrize(
+    "pooling, bidirectional", [("last", False), ("last", True), ("mean", True), ("max", False)]
+)
 def test_recurrent_models_use_one_fused_module_and_every_pooling(kind, pooling, bidirectional):
     from omegaconf import OmegaConf
 
@@ -37,8 +41,13 @@ def test_recurrent_models_use_one_fused_module_and_every_pooling(kind, pooling, 
     from dlrun.registry import MODELS
 
     conf = OmegaConf.to_object(
-        make_cfg(f"model={kind}", f"model.pooling={pooling}", f"model.bidirectional={bidirectional}",
-                 "model.num_layers=2", "model.hidden_size=8")
+        make_cfg(
+            f"model={kind}",
+            f"model.pooling={pooling}",
+            f"model.bidirectional={bidirectional}",
+            "model.num_layers=2",
+            "model.hidden_size=8",
+        )
     )
     spec = DataSpec("d", "classification", "sequence", (5, 3), num_classes=4)
     net = MODELS[kind].build(conf.model, spec)
@@ -53,8 +62,18 @@ def test_attention_ignores_padded_steps(pooling, positions):
     from dlrun.nn import TransformerNet
 
     torch.manual_seed(0)
-    net = TransformerNet(3, 6, 2, d_model=16, heads=4, layers=2, ff_size=32, dropout=0.0,
-                         positions=positions, pooling=pooling).eval()
+    net = TransformerNet(
+        3,
+        6,
+        2,
+        d_model=16,
+        heads=4,
+        layers=2,
+        ff_size=32,
+        dropout=0.0,
+        positions=positions,
+        pooling=pooling,
+    ).eval()
     x = torch.randn(2, 6, 3)
     lengths = torch.tensor([4, 6])
     other = x.clone()
@@ -80,9 +99,9 @@ def test_xgboost_writes_one_line_per_round_and_stops_early(tmp_path):
 def test_estimators_are_saved_in_formats_that_run_no_code(tmp_path):
     import skops.io
     import xgboost
+    from omegaconf import OmegaConf
 
     from dlrun.data import build_data
-    from omegaconf import OmegaConf
 
     forest, rf_dir = train(tmp_path, "model=random_forest", "model.n_estimators=30", name="rf")
     boosted, xgb_dir = train(tmp_path, "model=xgboost", "model.n_estimators=30", name="xgb")
@@ -114,31 +133,58 @@ def test_diabetes_regression_reports_rmse_mae_r2(tmp_path, model):
 
 
 def test_l1_loss_for_regression_and_its_monitor(tmp_path):
-    summary, _ = train(tmp_path, "data=diabetes", "trainer.loss=l1", "trainer.max_epochs=20",
-                       "trainer.early_stopping.monitor=val_mae")
+    summary, _ = train(
+        tmp_path,
+        "data=diabetes",
+        "trainer.loss=l1",
+        "trainer.max_epochs=20",
+        "trainer.early_stopping.monitor=val_mae",
+    )
     assert summary["test"]["loss"] == summary["test"]["mae"]
     assert summary["monitor"] == {"metric": "val_mae", "mode": "min", "best": summary["val"]["mae"]}
 
 
 def test_task_settings_must_fit_the_data(tmp_path):
-    with pytest.raises(ConfigError, match=r"trainer.loss: 'mse' is not a classification loss. Choose one of: auto, cross_entropy"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.loss: 'mse' is not a classification loss. Choose one of: auto, cross_entropy",
+    ):
         train(tmp_path, "trainer.loss=mse")
-    with pytest.raises(ConfigError, match=r"trainer.early_stopping.monitor: 'val_accuracy' is not a regression metric"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.early_stopping.monitor: 'val_accuracy' is not a regression metric",
+    ):
         train(tmp_path, "data=diabetes", "trainer.early_stopping.monitor=val_accuracy")
 
 
 def test_the_task_can_be_overridden(tmp_path):
-    summary, _ = train(tmp_path, "data=iris", "data.task=regression", "model=random_forest", "model.n_estimators=20")
+    summary, _ = train(
+        tmp_path,
+        "data=iris",
+        "data.task=regression",
+        "model=random_forest",
+        "model.n_estimators=20",
+    )
     assert summary["task"] == "regression" and summary["test"]["r2"] > 0.8
-    with pytest.raises(UserError, match=r"data.task: 'classification' needs one target of whole-number classes"):
+    with pytest.raises(
+        UserError, match=r"data.task: 'classification' needs one target of whole-number classes"
+    ):
         train(tmp_path, "data=adding", "data.task=classification", name="again")
-    with pytest.raises(UserError, match=r"data: cannot make a stratified split for data.test_split: 84 of 214 classes have fewer than 2 samples among 442"):
+    with pytest.raises(
+        UserError,
+        match=r"data: cannot make a stratified split for data.test_split: 84 of 214 classes have fewer than 2 samples among 442",
+    ):
         train(tmp_path, "data=diabetes", "data.task=classification", name="again")
 
 
 @pytest.mark.parametrize(
     "data, model, floor",
-    [("iris", "mlp", 0.85), ("wine", "random_forest", 0.9), ("breast_cancer", "xgboost", 0.9), ("moons", "mlp", 0.9)],
+    [
+        ("iris", "mlp", 0.85),
+        ("wine", "random_forest", 0.9),
+        ("breast_cancer", "xgboost", 0.9),
+        ("moons", "mlp", 0.9),
+    ],
 )
 def test_bundled_tabular_data(tmp_path, data, model, floor):
     summary, _ = train(tmp_path, f"data={data}", f"model={model}")
@@ -146,8 +192,9 @@ def test_bundled_tabular_data(tmp_path, data, model, floor):
 
 
 def test_same_split_whatever_the_model():
-    from dlrun.data import build_data
     from omegaconf import OmegaConf
+
+    from dlrun.data import build_data
 
     a = build_data(OmegaConf.to_object(make_cfg("model=mlp", "data=wine")).data)
     b = build_data(OmegaConf.to_object(make_cfg("model=xgboost", "data=wine")).data)
@@ -168,6 +215,15 @@ def test_adding_problem_data():
 
 
 def test_sequence_regression_runs(tmp_path):
-    summary, run_dir = train(tmp_path, "data=adding", "data.seq_len=10", "data.n_samples=500", "model=gru",
-                             "trainer.max_epochs=3")
-    assert summary["task"] == "regression" and json.loads((run_dir / "summary.json").read_text())["test"]["rmse"] > 0
+    summary, run_dir = train(
+        tmp_path,
+        "data=adding",
+        "data.seq_len=10",
+        "data.n_samples=500",
+        "model=gru",
+        "trainer.max_epochs=3",
+    )
+    assert (
+        summary["task"] == "regression"
+        and json.loads((run_dir / "summary.json").read_text())["test"]["rmse"] > 0
+    )

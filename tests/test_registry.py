@@ -53,8 +53,12 @@ def test_unknown_model_lists_registered_ones():
 def test_every_model_trains_on_digits(tmp_path, name):
     """Every registered model, on the default data, through the same runner (no extra code per
     model): networks for two epochs, estimators with their own fit."""
-    summary, run_dir = train(tmp_path, f"model={name}", "trainer.max_epochs=2", "model.n_estimators=20"
-                             if MODELS[name].family == "estimator" else "trainer.max_epochs=2")
+    summary, run_dir = train(
+        tmp_path,
+        f"model={name}",
+        "trainer.max_epochs=2",
+        "model.n_estimators=20" if MODELS[name].family == "estimator" else "trainer.max_epochs=2",
+    )
     records = read_metrics(run_dir)
     assert records and all(math.isfinite(v) for r in records for v in r.values())
     if MODELS[name].family == "torch":

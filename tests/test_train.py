@@ -92,7 +92,8 @@ def test_checkpoints_are_complete_and_best_reproduces_the_test_metrics(tmp_path)
     model.load_state_dict(best["model"])
     x = torch.as_tensor(adapt(data.x_test, data.spec, "flat"))
     assert (
-        compute_metrics("classification", data.y_test, predict(model, x, "classification")) == summary["test"]
+        compute_metrics("classification", data.y_test, predict(model, x, "classification"))
+        == summary["test"]
     )
 
 

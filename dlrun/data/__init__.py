@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -124,9 +125,12 @@ def build_data(cfg) -> DataModule:
     train, val, test = split_indices(raw, cfg)
     x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
     xs = [np.asarray(x[rows], dtype=np.float32) for rows in (train, val, test)]
+    spec = raw.spec
+    if raw.encode is not None:  # encoding decides the feature count (one-hot columns, say)
+        spec = dataclasses.replace(spec, shape=tuple(xs[0].shape[1:]))
     if cfg.normalize:
-        xs = _normalize(raw.spec, *xs)
-    return DataModule(raw.spec, xs[0], raw.y[train], xs[1], raw.y[val], xs[2], raw.y[test])
+        xs = _normalize(spec, *xs)
+    return DataModule(spec, xs[0], raw.y[train], xs[1], raw.y[val], xs[2], raw.y[test])
 
 
 def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,9 +147,13 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
                     f"{len(counts)} classes have fewer than 2 samples among {len(rows)}."
                 )
         try:
-            return train_test_split(rows, test_size=share, random_state=cfg.split_seed, stratify=stratify)
+            return train_test_split(
+                rows, test_size=share, random_state=cfg.split_seed, stratify=stratify
+            )
         except ValueError as ex:
-            raise UserError(f"data: cannot split {len(rows)} samples for {what}={share}: {ex}") from None
+            raise UserError(
+                f"data: cannot split {len(rows)} samples for {what}={share}: {ex}"
+            ) from None
 
     rows = np.arange(len(raw.y))
     if raw.fixed_split is None:
@@ -166,8 +174,13 @@ def _with_task(raw: RawData, task: str) -> RawData:
     """Read the target as `task` instead of the task the dataset declares (data.task)."""
     y = np.asarray(raw.y)
     if task == "regression":
-        spec = dataclasses.replace(raw.spec, task="regression", num_classes=None, class_names=None,
-                                   num_targets=1 if y.ndim == 1 else y.shape[1])
+        spec = dataclasses.replace(
+            raw.spec,
+            task="regression",
+            num_classes=None,
+            class_names=None,
+            num_targets=1 if y.ndim == 1 else y.shape[1],
+        )
         return dataclasses.replace(raw, y=y.astype(np.float32), spec=spec)
     values, codes = np.unique(y, return_inverse=True)
     if y.ndim != 1 or not np.all(np.mod(values, 1) == 0) or len(values) > 1000:
@@ -175,8 +188,12 @@ def _with_task(raw: RawData, task: str) -> RawData:
             f"data.task: 'classification' needs one target of whole-number classes; "
             f"{raw.spec.task} data '{raw.spec.name}' has {len(values)} distinct values."
         )
-    spec = dataclasses.replace(raw.spec, task="classification", num_classes=len(values),
-                               class_names=tuple(str(v) for v in values))
+    spec = dataclasses.replace(
+        raw.spec,
+        task="classification",
+        num_classes=len(values),
+        class_names=tuple(str(v) for v in values),
+    )
     return dataclasses.replace(raw, y=codes.astype(np.int64), spec=spec)
 
 

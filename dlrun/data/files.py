@@ -58,7 +58,10 @@ class TableConfig(DataConfig):
             twice = sorted({f for f in self.features if self.features.count(f) > 1})
             if twice:
                 found.append(f"data.features names {', '.join(map(repr, twice))} more than once.")
-            for key, column in (("data.target", self.target), ("data.split_column", self.split_column)):
+            for key, column in (
+                ("data.target", self.target),
+                ("data.split_column", self.split_column),
+            ):
                 if column is not None and column in self.features:
                     found.append(
                         f"data.features: '{column}' is {key}, so it cannot also be a feature."
@@ -111,7 +114,9 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         )
 
     y, task, classes = read_target(df[cfg.target], cfg.target, shown)
-    fixed_split = None if cfg.split_column is None else read_split(df[cfg.split_column], cfg.split_column)
+    fixed_split = (
+        None if cfg.split_column is None else read_split(df[cfg.split_column], cfg.split_column)
+    )
     table, numeric, categorical = feature_table(df, features)
     check_missing(table, cfg.missing, shown)
     check_finite(table, numeric, shown)
@@ -122,7 +127,8 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
             log.warning(
                 "column '%s' has %d distinct values: one-hot encoding makes a feature of each. "
                 "Leave it out with data.features, or use data.categorical=ordinal.",
-                column, len(values),
+                column,
+                len(values),
             )
     width = len(numeric) + (
         sum(len(v) for v in vocab.values()) if cfg.categorical == "onehot" else len(categorical)
@@ -227,7 +233,8 @@ def read_target(column, name: str, shown) -> tuple[np.ndarray, str, tuple[str, .
         log.warning(
             "target '%s' holds integers and is read as %d classes; add data.task=regression "
             "to predict it as a number.",
-            name, len(classes),
+            name,
+            len(classes),
         )
     index = {value: i for i, value in enumerate(classes)}
     y = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
@@ -342,11 +349,15 @@ class TableEncoder:
 
         parts: list[tuple[str, Any, list[str]]] = []
         if self.numeric:
-            steps = [SimpleImputer(strategy="median", keep_empty_features=True)] if self.impute else []
+            steps = (
+                [SimpleImputer(strategy="median", keep_empty_features=True)] if self.impute else []
+            )
             parts.append(("num", make_pipeline(*steps) if steps else "passthrough", self.numeric))
         if self.categorical:
             if self.how == "onehot":
-                encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
+                encoder = OneHotEncoder(
+                    handle_unknown="ignore", sparse_output=False, dtype=np.float32
+                )
             else:
                 encoder = OrdinalEncoder(
                     handle_unknown="use_encoded_value", unknown_value=-1, dtype=np.float32
@@ -363,7 +374,7 @@ class TableEncoder:
         full = np.zeros((out.shape[0], width), dtype=np.float32)
         full[:, :n_numeric] = out[:, :n_numeric]
         source, target = n_numeric, n_numeric
-        for column, fitted in zip(self.categorical, encoder.categories_):
+        for column, fitted in zip(self.categorical, encoder.categories_, strict=True):
             place = {value: i for i, value in enumerate(self.vocab[column])}
             for value in fitted:
                 full[:, target + place[value]] = out[:, source]
@@ -375,9 +386,8 @@ class TableEncoder:
 def _not_a_column(key: str, names: list[str], shown, columns: list[str]) -> str:
     quoted = ", ".join(f"'{n}'" for n in names)
     verb = "is not a column" if len(names) == 1 else "are not columns"
-    return (
-        f"{key}: {quoted} {verb} of {shown}. Columns: {_listed(columns)}."
-        + did_you_mean(names[0], columns)
+    return f"{key}: {quoted} {verb} of {shown}. Columns: {_listed(columns)}." + did_you_mean(
+        names[0], columns
     )
 
 
@@ -385,4 +395,3 @@ def _listed(columns, limit: int = 30) -> str:
     columns = [str(c) for c in columns]
     text = ", ".join(columns[:limit])
     return text + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
-

@@ -24,7 +24,9 @@ def load_moons(cfg: MoonsConfig) -> RawData:
     from sklearn.datasets import make_moons
 
     x, y = make_moons(n_samples=cfg.n_samples, noise=cfg.noise, random_state=cfg.split_seed)
-    spec = DataSpec("moons", "classification", "tabular", (2,), num_classes=2, class_names=("0", "1"))
+    spec = DataSpec(
+        "moons", "classification", "tabular", (2,), num_classes=2, class_names=("0", "1")
+    )
     return RawData(x.astype(np.float32), y.astype(np.int64), spec)
 
 

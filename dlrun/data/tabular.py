@@ -21,7 +21,9 @@ def _bundled(name: str, loader: str, task: str):
         if task == "classification":
             y = bunch.target.astype(np.int64)
             names = tuple(str(c) for c in bunch.target_names)
-            spec = DataSpec(name, task, "tabular", (x.shape[1],), num_classes=len(names), class_names=names)
+            spec = DataSpec(
+                name, task, "tabular", (x.shape[1],), num_classes=len(names), class_names=names
+            )
         else:
             y = bunch.target.astype(np.float32)
             spec = DataSpec(name, task, "tabular", (x.shape[1],))
@@ -55,4 +57,6 @@ register_data("wine", schema=WineConfig)(_bundled("wine", "load_wine", "classifi
 register_data("breast_cancer", schema=BreastCancerConfig)(
     _bundled("breast_cancer", "load_breast_cancer", "classification")
 )
-register_data("diabetes", schema=DiabetesConfig)(_bundled("diabetes", "load_diabetes", "regression"))
+register_data("diabetes", schema=DiabetesConfig)(
+    _bundled("diabetes", "load_diabetes", "regression")
+)

@@ -87,14 +87,16 @@ def load_torchvision(cfg: TorchvisionConfig) -> RawData:
     source = SOURCES[cfg.name]
     root = Path(cfg.root).expanduser().absolute()
     if root.exists() and not root.is_dir():
-        raise UserError(f"data.root: {root} is a file; give the folder that holds the {source.title} files.")
+        raise UserError(
+            f"data.root: {root} is a file; give the folder that holds the {source.title} files."
+        )
     train = _open(source, root, cfg.download, train=True)
     test = _open(source, root, cfg.download, train=False)
 
     images, labels = [], []
     for ds in (train, test):
-        data = np.asarray(ds.data)[: cfg.limit]  # uint8: (N, H, W) for MNIST, (N, H, W, C) for CIFAR
-        images.append(data)
+        # uint8: (N, H, W) for MNIST, (N, H, W, C) for CIFAR
+        images.append(np.asarray(ds.data)[: cfg.limit])
         labels.append(np.asarray(ds.targets, dtype=np.int64)[: cfg.limit])
     counts = [len(y) for y in labels]
     pixels = np.concatenate(images)
@@ -129,8 +131,17 @@ def _open(source: Source, root: Path, download: bool, train: bool):
     except OSError as ex:  # a failed download (URLError) or an unreadable file
         if download:
             raise UserError(_not_found(source, root, download, ex)) from None
-        raise UserError(f"data.root: cannot read the {source.title} files in {root}: {ex}") from None
-    except (AssertionError, ValueError, TypeError, KeyError, EOFError, pickle.UnpicklingError) as ex:
+        raise UserError(
+            f"data.root: cannot read the {source.title} files in {root}: {ex}"
+        ) from None
+    except (
+        AssertionError,
+        ValueError,
+        TypeError,
+        KeyError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as ex:
         raise UserError(
             f"data.root: the {source.title} files in {root} are not in the format torchvision "
             f"reads ({type(ex).__name__}: {str(ex) or 'bad header'}). Replace them with the "
@@ -163,9 +174,8 @@ def _not_found(source: Source, root: Path, download: bool, ex: Exception) -> str
             "Replace them with those of the official archive, or delete them and add "
             "data.download=true."
         )
-    looked = (
-        f"{folder}{os.sep}{{{', '.join(p.name for p in expected)}}}"
-        + "".join(f" or {p}" for p in source.processed(root)[:1])
+    looked = f"{folder}{os.sep}{{{', '.join(p.name for p in expected)}}}" + "".join(
+        f" or {p}" for p in source.processed(root)[:1]
     )
     found = (
         f" Missing: {', '.join(p.name for p in missing)}." if len(missing) < len(expected) else ""
@@ -225,7 +235,7 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
 
     folders = Folders(str(root), allow_empty=True)
     counts = np.bincount([t for _, t in folders.samples], minlength=len(folders.classes))
-    empty = [name for name, n in zip(folders.classes, counts) if n == 0]
+    empty = [name for name, n in zip(folders.classes, counts, strict=True) if n == 0]
     if empty:
         raise UserError(
             f"data.root: the class folders {', '.join(empty)} in {root} hold no images. "

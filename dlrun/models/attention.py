@@ -22,7 +22,9 @@ class AttentionConfig(ModelConfig):
 
     def problems(self) -> list[str]:
         if self.d_model % self.heads:
-            return [f"model.d_model must be a multiple of model.heads. Got {self.d_model} and {self.heads}."]
+            return [
+                f"model.d_model must be a multiple of model.heads. Got {self.d_model} and {self.heads}."
+            ]
         if self.positions == "sinusoidal" and self.d_model % 2:
             return [f"model.d_model must be even for sinusoidal positions. Got {self.d_model}."]
         return []
@@ -34,7 +36,14 @@ def build_attention(cfg: AttentionConfig, spec):
 
     seq_len, features = spec.shape  # (T, D)
     return TransformerNet(
-        features, seq_len, spec.out_features, d_model=cfg.d_model, heads=cfg.heads,
-        layers=cfg.layers, ff_size=cfg.ff_size, dropout=cfg.dropout, positions=cfg.positions,
+        features,
+        seq_len,
+        spec.out_features,
+        d_model=cfg.d_model,
+        heads=cfg.heads,
+        layers=cfg.layers,
+        ff_size=cfg.ff_size,
+        dropout=cfg.dropout,
+        positions=cfg.positions,
         pooling=cfg.pooling,
     )

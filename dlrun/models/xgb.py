@@ -52,15 +52,21 @@ class Boosted(Estimator):
         train_curve, val_curve = history["validation_0"][metric], history["validation_1"][metric]
         records = [
             {"round": i + 1, f"train_{name}": float(t), f"val_{name}": float(v)}
-            for i, (t, v) in enumerate(zip(train_curve, val_curve))
+            for i, (t, v) in enumerate(zip(train_curve, val_curve, strict=True))
         ]
         write_records(run_dir, records)
         rounds = len(records)
         best = getattr(self.model, "best_iteration", None)
         best_round = rounds if best is None else int(best) + 1
-        return FitResult(best_epoch=best_round, best_value=None, epochs_run=rounds,
-                         stopped_early=rounds < self.model.n_estimators, train_time_s=elapsed,
-                         samples_seen=len(y) * rounds, history=records)
+        return FitResult(
+            best_epoch=best_round,
+            best_value=None,
+            epochs_run=rounds,
+            stopped_early=rounds < self.model.n_estimators,
+            train_time_s=elapsed,
+            samples_seen=len(y) * rounds,
+            history=records,
+        )
 
     def save(self, ckpt_dir: Path) -> Path:
         from dlrun.checkpoints import atomic_write
@@ -75,15 +81,24 @@ class Boosted(Estimator):
 
 
 @register_model("xgboost", schema=XGBoostConfig, takes="flat", family="estimator")
-def build_xgboost(cfg: XGBoostConfig, spec, *, seed: int, device, patience: Optional[int] = None) -> Boosted:
+def build_xgboost(
+    cfg: XGBoostConfig, spec, *, seed: int, device, patience: Optional[int] = None
+) -> Boosted:
     import xgboost
 
     classify = spec.task == "classification"
     params = dict(
-        n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, learning_rate=cfg.learning_rate,
-        subsample=cfg.subsample, colsample_bytree=cfg.colsample_bytree, reg_lambda=cfg.reg_lambda,
-        min_child_weight=cfg.min_child_weight, tree_method=cfg.tree_method, n_jobs=cfg.n_jobs,
-        random_state=seed, device="cuda" if device.type == "cuda" else "cpu",
+        n_estimators=cfg.n_estimators,
+        max_depth=cfg.max_depth,
+        learning_rate=cfg.learning_rate,
+        subsample=cfg.subsample,
+        colsample_bytree=cfg.colsample_bytree,
+        reg_lambda=cfg.reg_lambda,
+        min_child_weight=cfg.min_child_weight,
+        tree_method=cfg.tree_method,
+        n_jobs=cfg.n_jobs,
+        random_state=seed,
+        device="cuda" if device.type == "cuda" else "cpu",
         early_stopping_rounds=patience,
     )
     if classify:
