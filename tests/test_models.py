@@ -227,3 +227,57 @@ def test_sequence_regression_runs(tmp_path):
         summary["task"] == "regression"
         and json.loads((run_dir / "summary.json").read_text())["test"]["rmse"] > 0
     )
+
+
+@pytest.mark.parametrize("model", ["random_forest", "xgboost"])
+def test_estimators_give_what_the_library_gives_when_called_directly(tmp_path, model):
+    """Same parameters, seed and fixed split (data.split_column): the same test metrics."""
+    from sklearn import metrics
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame
+    split = np.random.default_rng(0).choice(
+        ["train", "val", "test"], size=len(frame), p=[0.6, 0.2, 0.2]
+    )
+    frame.assign(split=split).to_csv(tmp_path / "wine.csv", index=False)
+    summary, _ = train(
+        tmp_path,
+        "data=csv",
+        f"data.path={tmp_path / 'wine.csv'}",
+        "data.target=target",
+        "data.split_column=split",
+        "data.normalize=false",
+        f"model={model}",
+        "seed=3",
+    )
+
+    x = frame.drop(columns="target").to_numpy(np.float32)
+    y = frame["target"].to_numpy()
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        (x[split == s], y[split == s]) for s in ("train", "val", "test")
+    )
+    if model == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        direct = RandomForestClassifier(
+            n_estimators=300, max_features="sqrt", n_jobs=-1, random_state=3
+        )
+        direct.fit(x_train, y_train)
+    else:
+        import xgboost
+
+        direct = xgboost.XGBClassifier(
+            n_estimators=500,
+            max_depth=6,
+            learning_rate=0.1,
+            tree_method="hist",
+            random_state=3,
+            early_stopping_rounds=10,
+            eval_metric="mlogloss",
+            device="cpu",
+        )
+        direct.fit(x_train, y_train, eval_set=[(x_train, y_train), (x_val, y_val)], verbose=False)
+    proba = direct.predict_proba(x_test)
+    assert summary["test"]["accuracy"] == metrics.accuracy_score(y_test, proba.argmax(1))
+    assert summary["test"]["f1_macro"] == metrics.f1_score(y_test, proba.argmax(1), average="macro")
+    assert summary["test"]["loss"] == pytest.approx(metrics.log_loss(y_test, proba), rel=1e-6)
