@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from dlrun import sweep
 from dlrun.catalog import load_catalog
 
 
@@ -53,15 +54,23 @@ _user_errors: list = []
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from dlrun.errors import UserError
     from dlrun.runner import run
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         summary = run(cfg, run_dir)
-    except UserError as ex:
+    except Exception as ex:
         if os.environ.get("DLRUN_TRACEBACK") == "1":
+            raise
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # One failing job must not stop a sweep: record it and go on with the others.
+            record_failure(run_dir, cfg, ex)
+            return float("nan")
+        if not isinstance(ex, UserError):
             raise
         _user_errors.append(ex)
         # A run stopped by a config problem leaves no folder of its own behind (Hydra made it
@@ -70,6 +79,31 @@ def _train(cfg: DictConfig) -> float | None:
             shutil.rmtree(run_dir)
         return None
     return summary["monitor"]["best"]  # what a Hydra sweeper optimizes
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:
+    """summary.json of a job that failed: its status and the error's first line."""
+    import logging
+    import traceback
+
+    from dlrun.checkpoints import write_json
+    from dlrun.errors import UserError
+
+    first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
+    error = first if isinstance(ex, UserError) else f"{type(ex).__name__}: {first}"
+    logging.getLogger("dlrun").error("job failed: %s", error)
+    if not isinstance(ex, UserError):  # a bug: keep the whole story in the job's folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+    previous = {}
+    if (run_dir / "summary.json").exists():
+        import json
+
+        previous = json.loads((run_dir / "summary.json").read_text())
+    status = previous.get("status") if previous.get("status") not in (None, "completed") else "failed"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "summary.json", {**previous, "status": status, "error": error,
+                                          "model": cfg.model.name, "data": cfg.data.name})
 
 
 def main() -> None:
@@ -83,6 +117,9 @@ def main() -> None:
         _train()
         if _user_errors:
             raise _user_errors[0]
+        if sweep.LAST_FAILED:
+            fail(f"{len(sweep.LAST_FAILED)} job(s) of the sweep failed: {', '.join(sweep.LAST_FAILED)} "
+                 "(see the leaderboard).", 1)
     except UserError as ex:
         if show_traceback:
             raise

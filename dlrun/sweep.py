@@ -1,0 +1,152 @@
+"""Sweeps: one leaderboard from the jobs' run folders, and the best job's config to rerun it.
+
+Hydra calls `Leaderboard.on_multirun_end` after every `dlrun -m ...`; `dlrun-report SWEEP_DIR`
+rebuilds the same files from a sweep folder, for a sweep that was interrupted.
+
+Written in the sweep folder: leaderboard.csv, leaderboard.md, leaderboard.png (the monitored
+metric per job) and best.yaml (rerun the best job: `dlrun -cd SWEEP_DIR -cn best`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hydra.experimental.callback import Callback
+
+# Failures found by the last leaderboard built in this process (the CLI's exit code uses it).
+LAST_FAILED: list[str] = []
+
+
+class Leaderboard(Callback):
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        report(Path(config.hydra.sweep.dir))
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def job_row(job: Path) -> dict:
+    """One leaderboard row from a job's folder (its overrides and summary.json)."""
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    shown = [o for o in overrides if not o.startswith(("hydra.", "hparams_search="))]
+    row: dict[str, Any] = {"job": job.name, "overrides": " ".join(shown)}
+    summary_path = job / "summary.json"
+    if not summary_path.exists():
+        return {**row, "status": "failed", "error": "no summary.json: the job did not finish"}
+    summary = json.loads(summary_path.read_text())
+    row["status"] = "ok" if summary.get("status") == "completed" else summary.get("status", "failed")
+    if row["status"] != "ok":
+        return {**row, "error": summary.get("error", "")}
+    monitor = summary["monitor"]
+    row.update({"model": summary["model"], "data": summary["data"], monitor["metric"]: monitor["best"]})
+    row.update({f"test_{k}": v for k, v in summary["test"].items()})
+    row.update({k: summary[k] for k in ("epochs_run", "wall_time_s", "params")})
+    row["_monitor"] = monitor
+    return row
+
+
+def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
+    """Build and write the leaderboard of `sweep_dir`; return its rows, best first."""
+    from dlrun.checkpoints import atomic_write
+
+    sweep_dir = Path(sweep_dir)
+    rows = [job_row(job) for job in job_dirs(sweep_dir)]
+    ok = [r for r in rows if r["status"] == "ok"]
+    monitor = ok[0]["_monitor"] if ok else {"metric": "val_loss", "mode": "min"}
+    sign = -1.0 if monitor["mode"] == "max" else 1.0
+    ok.sort(key=lambda r: sign * r.get(monitor["metric"], math.inf))
+    failed = [r for r in rows if r["status"] != "ok"]
+    rows = ok + failed
+
+    columns = ["job", "overrides", "status", "model", "data", monitor["metric"]]
+    columns += sorted({k for r in ok for k in r if k.startswith("test_")})
+    columns += ["epochs_run", "wall_time_s", "params", "error"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(sweep_dir / "leaderboard.csv", lambda f: f.write(buffer.getvalue()), mode="w")
+    atomic_write(sweep_dir / "leaderboard.md", lambda f: f.write(_markdown(rows, columns)), mode="w")
+    if ok:
+        from dlrun import plots
+
+        names = [f"{r['job']}: {r['overrides']}"[:40] for r in ok]
+        plots.save(plots.plot_leaderboard(names, [r[monitor["metric"]] for r in ok], monitor["metric"]),
+                   sweep_dir / "leaderboard.png")
+        write_best(sweep_dir, ok[0], monitor)
+    LAST_FAILED[:] = [r["job"] for r in failed]
+    if show:
+        _print(rows, columns, sweep_dir)
+    return rows
+
+
+def write_best(sweep_dir: Path, best: dict, monitor: dict) -> None:
+    """best.yaml: the best job's resolved config as a primary config, with its group choices."""
+    from dlrun.checkpoints import atomic_write
+
+    job = sweep_dir / best["job"]
+    config = yaml.safe_load((job / "config.yaml").read_text())
+    hydra_cfg = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    choices = hydra_cfg["runtime"]["choices"]
+    defaults = ["train"] + [{f"override {g}": choices[g]} for g in ("model", "optim", "sched", "data", "trainer", "logger") if g in choices]
+    head = (
+        f"# The best job of this sweep (job {best['job']}: {best['overrides']}),\n"
+        f"# {monitor['metric']} {best[monitor['metric']]:.6g}. Rerun it with:\n"
+        f"#   dlrun -cd {sweep_dir} -cn best\n"
+    )
+    body = yaml.safe_dump({"defaults": defaults + ["_self_"], **config}, sort_keys=False)
+    atomic_write(sweep_dir / "best.yaml", lambda f: f.write(head + body), mode="w")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _markdown(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _print(rows: list[dict], columns: list[str], sweep_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"leaderboard: {sweep_dir}")
+    shown = [c for c in columns if c not in ("wall_time_s", "params")]
+    for c in shown:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        style = None if r["status"] == "ok" else "red"
+        table.add_row(*(_fmt(r.get(c)) for c in shown), style=style)
+    Console().print(table)
+    if rows and rows[0]["status"] == "ok":
+        Console().print(f"best: job {rows[0]['job']} ({rows[0]['overrides']}); rerun it with "
+                        f"dlrun -cd {sweep_dir} -cn best")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`dlrun-report SWEEP_DIR`: rebuild the leaderboard, plot and best.yaml of a sweep folder."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: dlrun-report SWEEP_DIR   (rebuilds leaderboard.csv/.md/.png and best.yaml)")
+        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+    sweep_dir = Path(args[0])
+    if not sweep_dir.is_dir() or not job_dirs(sweep_dir):
+        print(f"dlrun-report: {sweep_dir} is not a sweep folder (no job folders with .hydra/overrides.yaml).",
+              file=sys.stderr)
+        sys.exit(2)
+    report(sweep_dir)
