@@ -17,7 +17,8 @@ install: $(STAMP) ## Create .venv and install dlrun with its dev extras (editabl
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	set -o pipefail; $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
+		| { grep -v '^WARNING: Location' || true; }
 	touch $(STAMP)
 
 train: install ## Train the default experiment (extra overrides: make train ARGS="model=lenet5")

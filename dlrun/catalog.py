@@ -17,8 +17,9 @@ def load_catalog() -> None:
     import dlrun.data.tabular  # noqa: F401
     import dlrun.data.vision  # noqa: F401
     import dlrun.models  # noqa: F401
-    from dlrun import optim
+    from dlrun import loggers, optim
     from dlrun.config import store_base_schemas
 
     store_base_schemas()
     optim.store_schemas()
+    loggers.store_schemas()

@@ -100,10 +100,20 @@ def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:
         import json
 
         previous = json.loads((run_dir / "summary.json").read_text())
-    status = previous.get("status") if previous.get("status") not in (None, "completed") else "failed"
+    status = (
+        previous.get("status") if previous.get("status") not in (None, "completed") else "failed"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "summary.json", {**previous, "status": status, "error": error,
-                                          "model": cfg.model.name, "data": cfg.data.name})
+    write_json(
+        run_dir / "summary.json",
+        {
+            **previous,
+            "status": status,
+            "error": error,
+            "model": cfg.model.name,
+            "data": cfg.data.name,
+        },
+    )
 
 
 def main() -> None:
@@ -118,8 +128,11 @@ def main() -> None:
         if _user_errors:
             raise _user_errors[0]
         if sweep.LAST_FAILED:
-            fail(f"{len(sweep.LAST_FAILED)} job(s) of the sweep failed: {', '.join(sweep.LAST_FAILED)} "
-                 "(see the leaderboard).", 1)
+            fail(
+                f"{len(sweep.LAST_FAILED)} job(s) of the sweep failed: {', '.join(sweep.LAST_FAILED)} "
+                "(see the leaderboard).",
+                1,
+            )
     except UserError as ex:
         if show_traceback:
             raise

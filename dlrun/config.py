@@ -94,6 +94,11 @@ class SchedConfig:
 
 
 @dataclass
+class LoggerConfig:
+    name: str = MISSING
+
+
+@dataclass
 class ClipConfig:
     max_norm: Optional[float] = setting(None, lo=0, lo_open=True)  # clip the global grad norm
     value: Optional[float] = setting(None, lo=0, lo_open=True)  # clip each grad to [-value, value]
@@ -128,6 +133,7 @@ class TrainConfig:
     sched: SchedConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
     seed: int = 42
     task_name: str = "train"
 

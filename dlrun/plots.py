@@ -28,7 +28,9 @@ def plot_curves(records: list[dict], monitor: str):
     axes[0].set(xlabel=step, ylabel="loss", title="losses")
     axes[0].legend()
     metric = monitor if monitor in records[0] else losses[-1]
-    axes[1].plot(x, [r[metric] for r in records], color="tab:green", marker="." if len(x) < 40 else None)
+    axes[1].plot(
+        x, [r[metric] for r in records], color="tab:green", marker="." if len(x) < 40 else None
+    )
     axes[1].set(xlabel=step, ylabel=metric, title=metric)
     for ax in axes:
         ax.grid(alpha=0.3)

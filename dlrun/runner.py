@@ -67,17 +67,19 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             ", ".join(f"{k} {v}" for k, v in data.sizes().items()),
         )
 
+        from dlrun.loggers import open_logger
+
+        logger = open_logger(conf.logger, run_dir)
         if entry.family == "torch":
-            fitted = fit_network(entry, conf, spec, splits, run_dir, device)
+            fitted = fit_network(entry, conf, spec, splits, run_dir, device, logger)
         else:
-            fitted = fit_estimator(entry, conf, spec, splits, run_dir, device)
+            fitted = fit_estimator(entry, conf, spec, splits, run_dir, device, logger)
         result, predict, params = fitted
 
         # evaluate: the best checkpoint, the same metric code for every family
+        outputs = {name: predict(splits[name][0]) for name in ("val", "test")}
         scores = {
-            name: compute_metrics(
-                spec.task, splits[name][1], predict(splits[name][0]), conf.trainer.loss
-            )
+            name: compute_metrics(spec.task, splits[name][1], outputs[name], conf.trainer.loss)
             for name in ("val", "test")
         }
         stopping = conf.trainer.early_stopping
@@ -106,6 +108,10 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "run_dir": str(run_dir),
         }
         write_json(run_dir / "summary.json", summary)
+        logger.close(OmegaConf.to_container(cfg, resolve=True), summary)
+        write_plots(
+            run_dir, result.history, stopping.monitor, spec, splits["test"][1], outputs["test"]
+        )
         log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
         print_summary(summary)
         return summary
@@ -135,7 +141,18 @@ def check_task_settings(conf, spec) -> None:
         )
 
 
-def fit_network(entry, conf, spec, splits, run_dir: Path, device):
+def write_plots(run_dir: Path, history: list[dict], monitor: str, spec, y_test, outputs) -> None:
+    """curves.png (losses and the monitored metric) and, for classes, confusion_matrix.png."""
+    from dlrun import plots
+
+    plots.save(plots.plot_curves(history, monitor), run_dir / "curves.png")
+    if spec.task == "classification":
+        names = spec.class_names or [str(k) for k in range(spec.num_classes)]
+        figure = plots.plot_confusion(y_test, outputs.argmax(axis=1), names)
+        plots.save(figure, run_dir / "confusion_matrix.png")
+
+
+def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger):
     """The torch loop; returns (FitResult, predict(x) -> outputs, trainable parameter count)."""
     import numpy as np
     import torch
@@ -158,7 +175,12 @@ def fit_network(entry, conf, spec, splits, run_dir: Path, device):
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s trainable parameters on %s", f"{params:,}", device)
     with epoch_progress(conf.trainer.max_epochs, conf.trainer.early_stopping.monitor) as on_epoch:
-        result = fit_torch(model, splits, spec, conf, run_dir, device, progress=on_epoch)
+
+        def on_record(record: dict, improved: bool) -> None:
+            on_epoch(record, improved)
+            logger.log(record)
+
+        result = fit_torch(model, splits, spec, conf, run_dir, device, progress=on_record)
 
     def predict_outputs(x):
         return predict(model, torch.as_tensor(x, device=device), spec.task, conf.trainer.precision)
@@ -166,7 +188,7 @@ def fit_network(entry, conf, spec, splits, run_dir: Path, device):
     return result, predict_outputs, params
 
 
-def fit_estimator(entry, conf, spec, splits, run_dir: Path, device):
+def fit_estimator(entry, conf, spec, splits, run_dir: Path, device, logger):
     """The estimator's own fit (no epoch loop); saved in a format that runs no code on load."""
     estimator = entry.build(
         conf.model,
@@ -176,6 +198,8 @@ def fit_estimator(entry, conf, spec, splits, run_dir: Path, device):
         patience=conf.trainer.early_stopping.patience,
     )
     result = estimator.fit(splits, conf, run_dir)
+    for record in result.history:
+        logger.log(record)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     path = estimator.save(ckpt_dir)

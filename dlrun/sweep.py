@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from hydra.experimental.callback import Callback
 
 # Failures found by the last leaderboard built in this process (the CLI's exit code uses it).
@@ -32,7 +31,9 @@ class Leaderboard(Callback):
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
-    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    return sorted(
+        jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
 
 
 def job_row(job: Path) -> dict:
@@ -44,11 +45,15 @@ def job_row(job: Path) -> dict:
     if not summary_path.exists():
         return {**row, "status": "failed", "error": "no summary.json: the job did not finish"}
     summary = json.loads(summary_path.read_text())
-    row["status"] = "ok" if summary.get("status") == "completed" else summary.get("status", "failed")
+    row["status"] = (
+        "ok" if summary.get("status") == "completed" else summary.get("status", "failed")
+    )
     if row["status"] != "ok":
         return {**row, "error": summary.get("error", "")}
     monitor = summary["monitor"]
-    row.update({"model": summary["model"], "data": summary["data"], monitor["metric"]: monitor["best"]})
+    row.update(
+        {"model": summary["model"], "data": summary["data"], monitor["metric"]: monitor["best"]}
+    )
     row.update({f"test_{k}": v for k, v in summary["test"].items()})
     row.update({k: summary[k] for k in ("epochs_run", "wall_time_s", "params")})
     row["_monitor"] = monitor
@@ -76,13 +81,17 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(sweep_dir / "leaderboard.csv", lambda f: f.write(buffer.getvalue()), mode="w")
-    atomic_write(sweep_dir / "leaderboard.md", lambda f: f.write(_markdown(rows, columns)), mode="w")
+    atomic_write(
+        sweep_dir / "leaderboard.md", lambda f: f.write(_markdown(rows, columns)), mode="w"
+    )
     if ok:
         from dlrun import plots
 
         names = [f"{r['job']}: {r['overrides']}"[:40] for r in ok]
-        plots.save(plots.plot_leaderboard(names, [r[monitor["metric"]] for r in ok], monitor["metric"]),
-                   sweep_dir / "leaderboard.png")
+        plots.save(
+            plots.plot_leaderboard(names, [r[monitor["metric"]] for r in ok], monitor["metric"]),
+            sweep_dir / "leaderboard.png",
+        )
         write_best(sweep_dir, ok[0], monitor)
     LAST_FAILED[:] = [r["job"] for r in failed]
     if show:
@@ -98,7 +107,11 @@ def write_best(sweep_dir: Path, best: dict, monitor: dict) -> None:
     config = yaml.safe_load((job / "config.yaml").read_text())
     hydra_cfg = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
     choices = hydra_cfg["runtime"]["choices"]
-    defaults = ["train"] + [{f"override {g}": choices[g]} for g in ("model", "optim", "sched", "data", "trainer", "logger") if g in choices]
+    defaults = ["train"] + [
+        {f"override {g}": choices[g]}
+        for g in ("model", "optim", "sched", "data", "trainer", "logger")
+        if g in choices
+    ]
     head = (
         f"# The best job of this sweep (job {best['job']}: {best['overrides']}),\n"
         f"# {monitor['metric']} {best[monitor['metric']]:.6g}. Rerun it with:\n"
@@ -134,8 +147,10 @@ def _print(rows: list[dict], columns: list[str], sweep_dir: Path) -> None:
         table.add_row(*(_fmt(r.get(c)) for c in shown), style=style)
     Console().print(table)
     if rows and rows[0]["status"] == "ok":
-        Console().print(f"best: job {rows[0]['job']} ({rows[0]['overrides']}); rerun it with "
-                        f"dlrun -cd {sweep_dir} -cn best")
+        Console().print(
+            f"best: job {rows[0]['job']} ({rows[0]['overrides']}); rerun it with "
+            f"dlrun -cd {sweep_dir} -cn best"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
     sweep_dir = Path(args[0])
     if not sweep_dir.is_dir() or not job_dirs(sweep_dir):
-        print(f"dlrun-report: {sweep_dir} is not a sweep folder (no job folders with .hydra/overrides.yaml).",
-              file=sys.stderr)
+        print(
+            f"dlrun-report: {sweep_dir} is not a sweep folder (no job folders with .hydra/overrides.yaml).",
+            file=sys.stderr,
+        )
         sys.exit(2)
     report(sweep_dir)

@@ -1,0 +1,113 @@
+"""Sweeps through the command line: leaderboards, failures, Optuna, launchers, dlrun-report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+
+
+def run(tmp_path: Path, *args: str, tool: str = "dlrun") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / tool), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
+
+
+def sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    sweep_dir = tmp_path / "sweep"
+    return run(tmp_path, "-m", *args, f"hydra.sweep.dir={sweep_dir}"), sweep_dir
+
+
+def leaderboard(sweep_dir: Path) -> list[dict]:
+    with (sweep_dir / "leaderboard.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_leaderboard_matches_the_jobs_and_lists_the_failures(tmp_path):
+    result, sweep_dir = sweep(
+        tmp_path, "model=mlp,lenet5", "optim.lr=0.001,1e12", "trainer.max_epochs=2"
+    )
+    assert result.returncode == 1  # two jobs diverged; the sweep went on
+    assert "2 job(s) of the sweep failed" in result.stderr and "Traceback" not in result.stderr
+    rows = leaderboard(sweep_dir)
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
+    assert all("the training loss became" in r["error"] for r in rows[2:])
+    assert {r["overrides"] for r in rows[2:]} == {
+        "model=mlp optim.lr=1000000000000.0 trainer.max_epochs=2",
+        "model=lenet5 optim.lr=1000000000000.0 trainer.max_epochs=2",
+    }
+    for row in rows[:2]:
+        summary = json.loads((sweep_dir / row["job"] / "summary.json").read_text())
+        assert row["model"] == summary["model"]
+        assert float(row["val_loss"]) == summary["monitor"]["best"]
+        for name, value in summary["test"].items():
+            assert float(row[f"test_{name}"]) == value
+        assert (
+            int(row["epochs_run"]) == summary["epochs_run"]
+            and int(row["params"]) == summary["params"]
+        )
+    assert float(rows[0]["val_loss"]) <= float(rows[1]["val_loss"])  # best first
+    assert "leaderboard" in result.stdout and "model=" in result.stdout  # the rich table
+    md = (sweep_dir / "leaderboard.md").read_text().splitlines()
+    assert len(md) == 2 + 4 and md[2].startswith(f"| {rows[0]['job']} |")
+    with Image.open(sweep_dir / "leaderboard.png") as image:
+        assert image.format == "PNG" and image.size[0] >= 500
+
+    # dlrun-report rebuilds the same leaderboard from the folder (an interrupted sweep, say)
+    before = (sweep_dir / "leaderboard.csv").read_text()
+    (sweep_dir / "leaderboard.csv").unlink()
+    (sweep_dir / "best.yaml").unlink()
+    report = run(tmp_path, str(sweep_dir), tool="dlrun-report")
+    assert report.returncode == 0
+    assert (sweep_dir / "leaderboard.csv").read_text() == before and (
+        sweep_dir / "best.yaml"
+    ).exists()
+    assert run(tmp_path, str(tmp_path / "nothing"), tool="dlrun-report").returncode == 2
+
+
+def test_optuna_search_and_rerunning_its_best_trial(tmp_path):
+    result, sweep_dir = sweep(
+        tmp_path, "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=5", "trainer.max_epochs=2"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = leaderboard(sweep_dir)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    optuna = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert optuna["best_value"] == float(rows[0]["val_loss"])
+    assert "best: job" in result.stdout
+
+    again = run(
+        tmp_path, "-cd", str(sweep_dir), "-cn", "best", f"hydra.run.dir={tmp_path / 'best'}"
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((tmp_path / "best" / "summary.json").read_text())
+    assert summary["monitor"]["best"] == optuna["best_value"]
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_run_a_sweep(tmp_path, launcher):
+    extra = (
+        ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    )
+    result, sweep_dir = sweep(
+        tmp_path, f"hydra/launcher={launcher}", *extra, "model=mlp,gru", "trainer.max_epochs=2"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = leaderboard(sweep_dir)
+    assert sorted(r["model"] for r in rows) == ["gru", "mlp"]
+    assert all(r["status"] == "ok" and math.isfinite(float(r["test_accuracy"])) for r in rows)
