@@ -242,3 +242,35 @@ def test_a_model_that_cannot_read_the_data_says_so(tmp_path):
         match="model.padding: lenet5 with 'valid' convolutions needs images of at least 16x16",
     ):
         train(tmp_path, "model=lenet5", "model.input_size=null", "model.padding=valid")
+
+
+def test_plots_are_pngs_drawn_from_the_run(tmp_path):
+    from PIL import Image
+    from sklearn.metrics import confusion_matrix
+
+    from dlrun.plots import plot_confusion, plot_curves
+
+    summary, run_dir = train(tmp_path, "trainer.max_epochs=4")
+    for name, size in (("curves.png", (1000, 400)), ("confusion_matrix.png", (800, 800))):
+        with Image.open(run_dir / name) as image:
+            assert image.format == "PNG" and image.size == size
+            assert len(set(image.convert("L").getdata())) > 10  # something was drawn
+    records = read_metrics(run_dir)
+    figure = plot_curves(records, "val_loss")
+    lines = {line.get_label(): list(line.get_ydata()) for line in figure.axes[0].lines}
+    assert lines == {k: [r[k] for r in records] for k in ("train_loss", "val_loss")}
+    assert list(figure.axes[1].lines[0].get_xdata()) == [1, 2, 3, 4]
+
+    y_true, y_pred = [0, 1, 2, 2, 1], [0, 2, 2, 2, 1]
+    figure = plot_confusion(y_true, y_pred, ["a", "b", "c"])
+    assert (figure.axes[0].images[0].get_array() == confusion_matrix(y_true, y_pred)).all()
+
+
+def test_tensorboard_logger_writes_events(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir = train(tmp_path, "trainer.max_epochs=3", "logger=tensorboard")
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("val/loss")]
+    assert losses == pytest.approx([r["val_loss"] for r in read_metrics(run_dir)], rel=1e-6)
