@@ -1,0 +1,165 @@
+"""Run the recipes in recipes/ and check each against the result its header promises.
+
+A recipe is a primary config whose header says how to run it and what it reaches:
+
+    # run: dlrun -m -cd recipes -cn optimizers        the command, from the repository root
+    # shrink: trainer.max_epochs=1                    overrides for a quick smoke run (tests)
+    # needs: data/mnist/MNIST/raw                     a folder it cannot run without (optional)
+    # expect: optim=adam test.accuracy >= 0.95        [job override] summary key, op, value
+
+`python -m dlrun.recipes [NAME ...]` (`make recipes`) runs them in full and checks every
+expectation; a recipe whose `needs` folder is missing is reported as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+@dataclass
+class Expect:
+    job: str | None  # an override that picks the sweep job ("model=lstm"); None: the only run
+    key: str  # dotted path into summary.json
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.job + ' ' if self.job else ''}{self.key} {self.op} {self.value:g}"
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    args: list[str]  # after `dlrun`
+    shrink: list[str] = field(default_factory=list)
+    needs: str | None = None
+    expects: list[Expect] = field(default_factory=list)
+
+    @property
+    def multirun(self) -> bool:
+        return "-m" in self.args or "--multirun" in self.args
+
+
+def parse(path: Path) -> Recipe:
+    head = {"run": [], "shrink": [], "needs": [], "expect": []}
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        key, _, value = line.lstrip("# ").partition(":")
+        if key in head and value.strip():
+            head[key].append(value.strip())
+    if len(head["run"]) != 1 or not head["run"][0].startswith("dlrun "):
+        raise ValueError(f"{path}: the header needs one '# run: dlrun ...' line")
+    expects = []
+    for text in head["expect"]:
+        words = text.split()
+        job = words.pop(0) if len(words) == 4 else None
+        key, op, value = words
+        expects.append(Expect(job, key, op, float(value)))
+    args = shlex.split(head["run"][0])[1:]
+    return Recipe(
+        path.stem,
+        path,
+        args,
+        shlex.split(" ".join(head["shrink"])),
+        head["needs"][0] if head["needs"] else None,
+        expects,
+    )
+
+
+def run(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    shrink: bool = False,
+    extra: tuple[str, ...] = (),
+    cwd: Path | None = None,
+) -> list[tuple[list[str], dict]]:
+    """Run the recipe's command into out_dir; return (overrides, summary) for each job."""
+    args = list(recipe.args)
+    if "-cd" in args:  # the recipes folder, wherever the command runs from
+        args[args.index("-cd") + 1] = str(recipe.path.parent.resolve())
+    where = "hydra.sweep.dir" if recipe.multirun else "hydra.run.dir"
+    command = [
+        str(Path(sys.executable).with_name("dlrun")),
+        *args,
+        *(recipe.shrink if shrink else []),
+        *extra,
+        f"{where}={out_dir}",
+    ]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{recipe.name}: exit code {done.returncode}\n{done.stderr[-3000:]}")
+    jobs = sorted(out_dir.glob("*/summary.json")) if recipe.multirun else [out_dir / "summary.json"]
+    results = []
+    for summary in jobs:
+        overrides = yaml.safe_load((summary.parent / ".hydra" / "overrides.yaml").read_text()) or []
+        results.append((overrides, json.loads(summary.read_text())))
+    return results
+
+
+def check(
+    recipe: Recipe, results: list[tuple[list[str], dict]]
+) -> list[tuple[Expect, float | None, bool]]:
+    """Each expectation with the value found and whether it holds."""
+    checked = []
+    for expect in recipe.expects:
+        picked = [s for overrides, s in results if expect.job is None or expect.job in overrides]
+        if len(picked) != 1:
+            checked.append((expect, None, False))
+            continue
+        value = picked[0]
+        for part in expect.key.split("."):
+            value = value[part]
+        checked.append((expect, float(value), OPS[expect.op](float(value), expect.value)))
+    return checked
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = sys.argv[1:] if argv is None else argv
+    folder = Path("recipes")
+    paths = [folder / f"{n}.yaml" for n in names] if names else sorted(folder.glob("*.yaml"))
+    table = Table(title="recipes")
+    for column in ("recipe", "expectation", "found", "result"):
+        table.add_column(column)
+    failed = 0
+    for path in paths:
+        recipe = parse(path)
+        if recipe.needs and not Path(recipe.needs).exists():
+            table.add_row(recipe.name, "", "", f"skipped: {recipe.needs} is missing")
+            continue
+        print(f"running {recipe.name}: dlrun {' '.join(recipe.args)}", flush=True)
+        try:
+            results = run(recipe, Path("outputs") / "recipes" / recipe.name)
+        except RuntimeError as ex:
+            failed += 1
+            table.add_row(recipe.name, "", "", f"[red]failed: {str(ex).splitlines()[0]}")
+            continue
+        for expect, found, ok in check(recipe, results):
+            failed += not ok
+            table.add_row(
+                recipe.name,
+                str(expect),
+                "-" if found is None else f"{found:.4g}",
+                "ok" if ok else "[red]NOT MET",
+            )
+    Console().print(table)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
