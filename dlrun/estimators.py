@@ -57,6 +57,10 @@ class Estimator(abc.ABC):
         """Write the fitted model in a format that runs no code on load; return its path."""
 
     @abc.abstractmethod
+    def load(self, ckpt_dir: Path) -> None:
+        """Replace `self.model` by the fitted model saved in `ckpt_dir`."""
+
+    @abc.abstractmethod
     def size(self) -> int:
         """Number of tree nodes (what a tree model learns, in place of parameters)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,30 +35,16 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         started = time.perf_counter()
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
 
-        from dlrun.data import adapt, build_data
         from dlrun.metrics import compute_metrics
-        from dlrun.registry import get_model
-        from dlrun.training import resolve_device, seed_everything
 
-        seed_everything(conf.seed)
-        data = build_data(conf.data)
-        entry = get_model(conf.model.name)
-        spec = data.spec.view(entry.takes)  # a pairing that makes no sense stops here
-        size = getattr(conf.model, "input_size", None)  # a model built for one image size
-        if entry.takes == "image" and size and spec.shape[1:] != (size, size):
-            data = data.resized(size)
-            spec = data.spec.view(entry.takes)
-        check_task_settings(conf, spec)
-        device = resolve_device(conf.trainer.device)
-        if conf.trainer.precision == "16" and device.type != "cuda":
-            raise ConfigError(
-                f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32."
-            )
-        splits = {
-            name: (adapt(x, data.spec, entry.takes), y)
-            for name in ("train", "val", "test")
-            for x, y in [data.split(name)]
-        }
+        prep = prepare(conf)
+        data, entry, spec, splits, device = (
+            prep.data,
+            prep.entry,
+            prep.spec,
+            prep.splits,
+            prep.device,
+        )
         log.info(
             "%s on %s (%s, %s), %s",
             conf.model.name,
@@ -115,6 +102,45 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
         print_summary(summary)
         return summary
+
+
+@dataclass
+class Prepared:
+    """Everything a model family needs before fit (or before loading a trained model)."""
+
+    data: object  # dlrun.data.DataModule
+    entry: object  # dlrun.registry.ModelEntry
+    spec: object  # the data's spec as the model sees it
+    splits: dict  # split name -> (inputs shaped for the model, targets)
+    device: object  # torch.device
+
+
+def prepare(conf) -> Prepared:
+    """Seed, build the data, bridge it to the model's input, and pick the device."""
+    from dlrun.data import adapt, build_data
+    from dlrun.registry import get_model
+    from dlrun.training import resolve_device, seed_everything
+
+    seed_everything(conf.seed)
+    data = build_data(conf.data)
+    entry = get_model(conf.model.name)
+    spec = data.spec.view(entry.takes)  # a pairing that makes no sense stops here
+    size = getattr(conf.model, "input_size", None)  # a model built for one image size
+    if entry.takes == "image" and size and spec.shape[1:] != (size, size):
+        data = data.resized(size)
+        spec = data.spec.view(entry.takes)
+    check_task_settings(conf, spec)
+    device = resolve_device(conf.trainer.device)
+    if conf.trainer.precision == "16" and device.type != "cuda":
+        raise ConfigError(
+            f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32."
+        )
+    splits = {
+        name: (adapt(x, data.spec, entry.takes), y)
+        for name in ("train", "val", "test")
+        for x, y in [data.split(name)]
+    }
+    return Prepared(data, entry, spec, splits, device)
 
 
 def check_task_settings(conf, spec) -> None:

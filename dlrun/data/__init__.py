@@ -79,6 +79,21 @@ class DataModule:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    encoder: Any = None  # the fitted RawData.encode (tables), for new rows
+    norm: tuple[np.ndarray, np.ndarray] | None = None  # training mean and std
+    resize_to: int | None = None  # images resized after normalization (for the model)
+    native_shape: tuple[int, ...] | None = None  # one image as loaded, before that resize
+
+    def transform(self, x: Any, shown: str = "the input") -> np.ndarray:
+        """New samples, as loaded, prepared exactly as the training samples were."""
+        if self.encoder is not None:
+            x = self.encoder.transform(x, shown)
+        x = np.asarray(x, dtype=np.float32)
+        if self.norm is not None:
+            x = ((x - self.norm[0]) / self.norm[1]).astype(np.float32)
+        if self.resize_to is not None:
+            x = resize_images(x, self.resize_to)
+        return x
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
@@ -93,7 +108,8 @@ class DataModule:
         xs = {
             f"x_{s}": resize_images(getattr(self, f"x_{s}"), size) for s in ("train", "val", "test")
         }
-        return dataclasses.replace(self, spec=spec, **xs)
+        native = self.native_shape or tuple(self.x_train.shape[1:])
+        return dataclasses.replace(self, spec=spec, resize_to=size, native_shape=native, **xs)
 
 
 @dataclass
@@ -128,9 +144,11 @@ def build_data(cfg) -> DataModule:
     spec = raw.spec
     if raw.encode is not None:  # encoding decides the feature count (one-hot columns, say)
         spec = dataclasses.replace(spec, shape=tuple(xs[0].shape[1:]))
-    if cfg.normalize:
-        xs = _normalize(spec, *xs)
-    return DataModule(spec, xs[0], raw.y[train], xs[1], raw.y[val], xs[2], raw.y[test])
+    norm = _statistics(spec, xs[0]) if cfg.normalize else None
+    if norm is not None:
+        xs = [((x - norm[0]) / norm[1]).astype(np.float32) for x in xs]
+    y = raw.y
+    return DataModule(spec, xs[0], y[train], xs[1], y[val], xs[2], y[test], raw.encode, norm)
 
 
 def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,12 +226,11 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
     return out.numpy()
 
 
-def _normalize(spec: DataSpec, *splits: np.ndarray) -> list[np.ndarray]:
-    """Standardize with the training split's statistics: per channel for images, per feature
-    otherwise."""
-    train = splits[0]
+def _statistics(spec: DataSpec, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the training split: per channel for images, per feature otherwise.
+    Shaped (1, ...) to broadcast over a batch of samples."""
     axes = (0, 2, 3) if spec.kind == "image" else tuple(range(train.ndim - 1))
     mean = train.mean(axis=axes, keepdims=True)
     std = train.std(axis=axes, keepdims=True)
     std[std == 0] = 1.0  # constant pixels or features stay at zero instead of dividing by 0
-    return [((s - mean) / std).astype(np.float32) for s in splits]
+    return mean, std

@@ -331,15 +331,41 @@ class TableEncoder:
                     "rows, so there is nothing to impute them from. Leave them out with "
                     "data.features, or fill them in."
                 )
-        transformer = self._transformer()
+        self.transformer_ = self._transformer().fit(train)
+        return self._encode(table)
+
+    def _encode(self, table) -> np.ndarray:
         with warnings.catch_warnings():
             # one-hot: values the training rows lack are encoded as zeros, as intended
             warnings.filterwarnings("ignore", message="Found unknown categories")
-            transformer.fit(train)
-            out = np.asarray(transformer.transform(table), dtype=np.float32)
+            out = np.asarray(self.transformer_.transform(table), dtype=np.float32)
         if self.how == "onehot" and self.categorical:
-            out = self._full_layout(transformer, out)
+            out = self._full_layout(self.transformer_, out)
         return out
+
+    def transform(self, df, shown: str) -> np.ndarray:
+        """Encode new rows (a table with the feature columns, by name) as the training rows were."""
+        import pandas as pd
+
+        columns = self.numeric + self.categorical
+        absent = [c for c in columns if c not in df.columns]
+        if absent:
+            raise UserError(f"input: {shown} lacks the feature column(s) {', '.join(absent)}.")
+        data = {}
+        for name in self.numeric:
+            try:
+                data[name] = pd.to_numeric(df[name]).to_numpy(dtype=np.float64, na_value=np.nan)
+            except (ValueError, TypeError):
+                raise UserError(f"input: column {name} of {shown} must hold numbers.") from None
+        for name in self.categorical:
+            column = df[name]
+            text = np.array([str(v) for v in column.to_numpy(dtype=object)], dtype=object)
+            text[column.isna().to_numpy()] = np.nan
+            data[name] = text
+        table = pd.DataFrame(data, index=df.index)[columns]
+        check_missing(table, "impute" if self.impute else "error", shown)
+        check_finite(table, self.numeric, shown)
+        return self._encode(table)
 
     def _transformer(self):
         from sklearn.compose import ColumnTransformer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlrun.config import ACTIVATIONS, ModelConfig, setting
-from dlrun.models.layers import activation
+from dlrun.models.layers import activation, init_linear
 from dlrun.registry import register_model
 
 
@@ -16,6 +16,9 @@ class MLPConfig(ModelConfig):
     activation: str = setting("relu", choices=ACTIVATIONS)
     dropout: float = setting(0.0, lo=0, hi=1, hi_open=True)
     batch_norm: bool = False
+    # Weight init: auto is He/Kaiming (He et al. 2015) for the relu family and gelu, Glorot/Xavier
+    # (Glorot & Bengio 2010) for tanh and sigmoid; torch keeps PyTorch's own default.
+    init: str = setting("auto", choices=("auto", "kaiming", "xavier", "torch"))
 
 
 @register_model("mlp", schema=MLPConfig, takes="flat")
@@ -33,4 +36,6 @@ def build_mlp(cfg: MLPConfig, spec):
             layers.append(nn.Dropout(cfg.dropout))
         width = hidden
     layers.append(nn.Linear(width, spec.out_features))
-    return nn.Sequential(*layers)
+    net = nn.Sequential(*layers)
+    init_linear(net, cfg.init, cfg.activation)
+    return net

@@ -26,6 +26,11 @@ class RandomForestConfig(ModelConfig):
     n_jobs: int = -1  # -1: every core
 
 
+# The one type in a forest's file beyond what skops trusts by default. Anything else in a file is
+# refused by skops.io.load, so loading never builds an object the file chose.
+TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
+
 class Forest(Estimator):
     def save(self, ckpt_dir: Path) -> Path:
         import skops.io
@@ -35,6 +40,21 @@ class Forest(Estimator):
         path = ckpt_dir / "model.skops"
         atomic_write(path, lambda f: f.write(skops.io.dumps(self.model)))
         return path
+
+    def load(self, ckpt_dir: Path) -> None:
+        import skops.io
+
+        from dlrun.errors import UserError
+
+        path = ckpt_dir / "model.skops"
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: no random forest was saved in this run.")
+        try:
+            self.model = skops.io.load(path, trusted=TRUSTED_TYPES)
+        except skops.io.exceptions.UntrustedTypesFoundException as ex:
+            raise UserError(
+                f"{path} holds types dlrun does not trust; it was not loaded ({ex})."
+            ) from None
 
     def size(self) -> int:
         return int(sum(tree.tree_.node_count for tree in self.model.estimators_))

@@ -76,6 +76,14 @@ class Boosted(Estimator):
         atomic_write(path, lambda f: f.write(bytes(raw)))
         return path
 
+    def load(self, ckpt_dir: Path) -> None:
+        from dlrun.errors import UserError
+
+        path = ckpt_dir / "model.ubj"
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: no XGBoost model was saved in this run.")
+        self.model.load_model(path)
+
     def size(self) -> int:
         return sum(len(tree.strip().splitlines()) for tree in self.model.get_booster().get_dump())
 
