@@ -56,7 +56,7 @@ def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from dlrun.errors import UserError
+    from dlrun.errors import Interrupted, UserError
     from dlrun.runner import run
 
     hydra_cfg = HydraConfig.get()
@@ -66,7 +66,7 @@ def _train(cfg: DictConfig) -> float | None:
     except Exception as ex:
         if os.environ.get("DLRUN_TRACEBACK") == "1":
             raise
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if hydra_cfg.mode == RunMode.MULTIRUN and not isinstance(ex, Interrupted):
             # One failing job must not stop a sweep: record it and go on with the others.
             record_failure(run_dir, cfg, ex)
             return float("nan")
@@ -78,7 +78,20 @@ def _train(cfg: DictConfig) -> float | None:
         if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
             shutil.rmtree(run_dir)
         return None
+    if Path(summary["run_dir"]) != run_dir:  # resumed into its own folder: keep no empty one
+        fold_into(run_dir, Path(summary["run_dir"]))
     return summary["monitor"]["best"]  # what a Hydra sweeper optimizes
+
+
+def fold_into(new_dir: Path, run_dir: Path) -> None:
+    """A resumed run continues in its first folder: the overrides of this invocation go there
+    (.hydra/resume-N-overrides.yaml) and the folder Hydra made for it is removed."""
+    source = new_dir / ".hydra" / "overrides.yaml"
+    if source.exists() and (run_dir / ".hydra").is_dir():
+        n = len(list((run_dir / ".hydra").glob("resume-*-overrides.yaml"))) + 1
+        shutil.copy(source, run_dir / ".hydra" / f"resume-{n}-overrides.yaml")
+    if new_dir.is_dir() and {p.name for p in new_dir.iterdir()} <= {".hydra"}:
+        shutil.rmtree(new_dir)
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:

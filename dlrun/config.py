@@ -121,6 +121,7 @@ class TrainerConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     precision: str = setting("32", choices=("32", "bf16", "16"))
     loss: str = setting("auto", choices=("auto", "cross_entropy", "mse", "l1"))  # auto: by task
+    resume: Optional[str] = None  # a run folder or checkpoint to continue, or auto (the latest)
     seed: int = II("seed")  # weights, dropout and batch order
 
 

@@ -34,6 +34,26 @@ class TrainingError(UserError):
     """Training cannot go on (a non-finite loss, say); the run folder keeps what was written."""
 
     exit_code = 1
+    status = "failed"
+
+
+class Diverged(TrainingError):
+    """A NaN or infinite loss: the run stops; best.pt keeps the best epoch before it."""
+
+    status = "diverged"
+
+
+class Interrupted(UserError):
+    """SIGINT or SIGTERM: the run stopped after its current step; it can be resumed."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, signum: int):
+        import signal
+
+        super().__init__(message)
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
+        self.signal = signal.Signals(signum).name
 
 
 def did_you_mean(word: str, options) -> str:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun.catalog import load_catalog
 from dlrun.checkpoints import write_json
-from dlrun.errors import ConfigError, not_one_of
+from dlrun.errors import ConfigError, Diverged, Interrupted, UserError, not_one_of
 from dlrun.validate import validate
 
 log = logging.getLogger("dlrun")
@@ -27,17 +27,29 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     load_catalog()
     conf = validate(cfg)  # every problem at once, before any work
     run_dir = Path(run_dir)
+    resume = None
+    if conf.trainer.resume is not None:  # continue that run, in its own folder
+        from dlrun.checkpoints import load_checkpoint
+
+        path = find_checkpoint(conf.trainer.resume, conf.task_name)
+        resume = load_checkpoint(path)
+        run_dir = path.parent.parent
     run_dir.mkdir(parents=True, exist_ok=True)
 
     from dlrun.report import print_summary, run_log
 
     with run_log(run_dir):
         started = time.perf_counter()
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        if resume is None:
+            (run_dir / "config.yaml").write_text(
+                OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8"
+            )
 
         from dlrun.metrics import compute_metrics
 
-        prep = prepare(conf)
+        prep = prepare(conf)  # resolves the `auto` settings
+        if resume is not None:
+            check_same_experiment(resume.get("config", {}), conf, path)
         data, entry, spec, splits, device = (
             prep.data,
             prep.entry,
@@ -57,10 +69,31 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         from dlrun.loggers import open_logger
 
         logger = open_logger(conf.logger, run_dir)
-        if entry.family == "torch":
-            fitted = fit_network(entry, conf, spec, splits, run_dir, device, logger)
-        else:
-            fitted = fit_estimator(entry, conf, spec, splits, run_dir, device, logger)
+        try:
+            if entry.family == "torch":
+                fitted = fit_network(entry, conf, spec, splits, run_dir, device, logger, resume)
+            elif resume is not None:
+                raise ConfigError(
+                    f"trainer.resume: {entry.name} has no epochs to resume; train it again."
+                )
+            else:
+                fitted = fit_estimator(entry, conf, spec, splits, run_dir, device, logger)
+        except (Interrupted, Diverged) as ex:
+            from dlrun.training import read_records
+
+            write_json(
+                run_dir / "summary.json",
+                {
+                    "status": ex.status,
+                    "error": str(ex),
+                    "model": conf.model.name,
+                    "data": conf.data.name,
+                    "epochs_run": len(read_records(run_dir)),
+                    "run_dir": str(run_dir),
+                    "wall_time_s": time.perf_counter() - started,
+                },
+            )
+            raise
         result, predict, params = fitted
 
         # evaluate: the best checkpoint, the same metric code for every family
@@ -102,6 +135,61 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
         print_summary(summary)
         return summary
+
+
+def find_checkpoint(resume: str, task_name: str) -> Path:
+    """trainer.resume: a run folder, a checkpoint file, or auto (the task's latest last.pt)."""
+    if resume == "auto":
+        found = sorted(
+            (Path("outputs") / task_name).glob("**/checkpoints/last.pt"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not found:
+            raise UserError(
+                f"trainer.resume=auto: no run of task '{task_name}' with checkpoints/last.pt under "
+                f"{Path('outputs') / task_name}."
+            )
+        return found[-1]
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UserError(
+            f"trainer.resume: {resume} is neither a run folder with checkpoints/last.pt nor a checkpoint file."
+        )
+    if path.parent.name != "checkpoints":
+        raise UserError(f"trainer.resume: {path} is not inside a run folder's checkpoints/.")
+    return path
+
+
+# What may change when a run is resumed: where it runs, how long, and the resume itself.
+RESUME_MAY_CHANGE = {
+    "trainer.resume",
+    "trainer.max_epochs",
+    "trainer.device",
+    "trainer.early_stopping.patience",
+}
+
+
+def check_same_experiment(saved: dict, conf, path: Path) -> None:
+    """A checkpoint continues only the experiment that wrote it."""
+    from dlrun.training import conf_dict
+
+    def flat(tree, prefix=""):
+        out = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    now, before = flat(conf_dict(conf)), flat(saved)
+    differ = sorted(
+        k
+        for k in set(now) | set(before)
+        if now.get(k) != before.get(k) and k not in RESUME_MAY_CHANGE
+    )
+    if differ:
+        shown = "; ".join(f"{k} was {before.get(k)!r}, now {now.get(k)!r}" for k in differ[:5])
+        raise ConfigError(f"trainer.resume: {path} was saved by a different experiment: {shown}.")
 
 
 @dataclass
@@ -178,7 +266,7 @@ def write_plots(run_dir: Path, history: list[dict], monitor: str, spec, y_test, 
         plots.save(figure, run_dir / "confusion_matrix.png")
 
 
-def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger):
+def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume=None):
     """The torch loop; returns (FitResult, predict(x) -> outputs, trainable parameter count)."""
     import numpy as np
     import torch
@@ -206,7 +294,9 @@ def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger):
             on_epoch(record, improved)
             logger.log(record)
 
-        result = fit_torch(model, splits, spec, conf, run_dir, device, progress=on_record)
+        result = fit_torch(
+            model, splits, spec, conf, run_dir, device, progress=on_record, resume=resume
+        )
 
     def predict_outputs(x):
         return predict(model, torch.as_tensor(x, device=device), spec.task, conf.trainer.precision)

@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dlrun.checkpoints import load_checkpoint, save_checkpoint
-from dlrun.errors import TrainingError
+from dlrun.errors import Diverged, Interrupted
 from dlrun.metrics import compute_metrics
 from dlrun.optim import SCHED_INTERVAL, build_optimizer, build_scheduler
 
@@ -62,6 +64,34 @@ class FitResult:
     train_time_s: float  # time in training steps only (no validation, no checkpoints)
     samples_seen: int
     history: list[dict] = field(default_factory=list)
+
+
+class GracefulStop:
+    """SIGINT / SIGTERM set `signum`; the loop finishes its current step and stops. A second
+    SIGINT exits at once (KeyboardInterrupt). Handlers are restored on exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(
+            "%s: stopping after the current step (press Ctrl-C again to quit at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def seed_everything(seed: int) -> None:
@@ -125,8 +155,14 @@ def predict(model, x, task: str, precision: str = "32", batch_size: int = EVAL_B
     return out.numpy()
 
 
-def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -> FitResult:
-    """Train `model` on splits['train'], monitor splits['val'], keep last.pt and best.pt."""
+def fit_torch(
+    model, splits, spec, conf, run_dir: Path, device, progress=None, resume: dict | None = None
+) -> FitResult:
+    """Train `model` on splits['train'], monitor splits['val'], keep last.pt and best.pt.
+
+    `resume` (a last.pt) continues from its epoch with every state it holds restored, so the run
+    ends where the uninterrupted one would have.
+    """
     import torch
     from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
@@ -168,14 +204,35 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
     shuffle = torch.Generator().manual_seed(tcfg.seed)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
     config = conf_dict(conf)
 
     history: list[dict] = []
     train_time = 0.0
-    epoch = 0
+    start = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and resume["scheduler"] is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        stopping = resume["early_stopping"]
+        stopper.best, stopper.best_epoch, stopper.wait = (
+            stopping["best"],
+            stopping["best_epoch"],
+            stopping["wait"],
+        )
+        restore_rng(resume["rng"], shuffle, device)
+        train_time = resume.get("train_time_s", 0.0)
+        history = [r for r in read_records(run_dir) if r["epoch"] <= resume["epoch"]]
+        rewrite_records(run_dir, history)  # drop lines of an epoch that never reached last.pt
+        start = resume["epoch"] + 1
+        log.info("resuming at epoch %d of %d from %s", start, tcfg.max_epochs, run_dir)
+    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    epoch = start - 1
+    stop = GracefulStop()
     try:
-        for epoch in range(1, tcfg.max_epochs + 1):
+        stop.__enter__()
+        for epoch in range(start, tcfg.max_epochs + 1):
             t_epoch = time.perf_counter()
             model.train()
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
@@ -183,6 +240,7 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
             loss_sum = torch.zeros((), device=device)
             norm_sum = torch.zeros((), device=device)
             norm_max = torch.zeros((), device=device)
+            first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss
             for step in range(steps):
                 idx = perm[step * batch : (step + 1) * batch]
                 xb, yb = x_train[idx], y_train[idx]  # (B, *shape), (B,)
@@ -202,17 +260,27 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                 scaler.update()
                 if interval == "batch":
                     scheduler.step()
+                bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+                first_bad = torch.where(bad, step + 1, first_bad)  # on the device: no sync
                 loss_sum += loss.detach() * len(idx)
                 norm_sum += norm
                 norm_max = torch.maximum(norm_max, norm)
+                if stop.signum is not None:
+                    break
+            if stop.signum is not None and step < steps - 1:
+                # Stopped inside the epoch: last.pt keeps the end of the previous one, which is
+                # where a resumed run starts again, exactly.
+                epoch -= 1
+                break
             train_loss = (loss_sum / n).item()  # the epoch's one host synchronisation
             train_time += time.perf_counter() - t_epoch
 
             if not math.isfinite(train_loss):
-                raise TrainingError(
-                    f"the training loss became {train_loss} in epoch {epoch}. Likely causes: a "
-                    f"learning rate too high (optim.lr={conf.optim.lr}) or no gradient clipping "
-                    "(try trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch so far."
+                raise Diverged(
+                    f"the training loss became {train_loss} in epoch {epoch}, step "
+                    f"{int(first_bad.item())} of {steps}. Likely causes: a learning rate too high "
+                    f"(optim.lr={conf.optim.lr}) or no gradient clipping (try "
+                    "trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch before it."
                 )
             val = compute_metrics(
                 spec.task, y_val, predict(model, x_val, spec.task, tcfg.precision), tcfg.loss
@@ -226,6 +294,11 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                 "grad_norm_max": norm_max.item(),
             }
             improved = stopper.update(record[monitor], epoch)
+            # step the schedule before saving, so last.pt holds the state the next epoch starts from
+            if interval == "epoch":
+                scheduler.step()
+            elif interval == "metric":
+                scheduler.step(record[monitor])
             state = {
                 "epoch": epoch,
                 "model": model.state_dict(),
@@ -237,27 +310,21 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                     "best_epoch": stopper.best_epoch,
                     "wait": stopper.wait,
                 },
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "shuffle": shuffle.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                    "python": random.getstate(),
-                },
+                "rng": rng_state(shuffle, device),
+                "train_time_s": train_time,
                 "config": config,
             }
             save_checkpoint(ckpt_dir / "last.pt", state)
             if improved:
                 save_checkpoint(ckpt_dir / "best.pt", state)
-            if interval == "epoch":
-                scheduler.step()
-            elif interval == "metric":
-                scheduler.step(record[monitor])
             record["epoch_time_s"] = time.perf_counter() - t_epoch
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
             history.append(record)
             if progress is not None:
                 progress(record, improved)
+            if stop.signum is not None:
+                break
             if stopper.stop:
                 log.info(
                     "early stopping: %s has not improved for %d epochs (best %.4g at epoch %d)",
@@ -268,7 +335,19 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
                 )
                 break
     finally:
+        stop.__exit__()
         metrics_file.close()
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        if epoch == 0:
+            raise Interrupted(
+                f"interrupted by {name} before the first epoch ended; nothing to resume.",
+                stop.signum,
+            )
+        raise Interrupted(
+            f"interrupted by {name} after epoch {epoch}; continue with trainer.resume={run_dir}",
+            stop.signum,
+        )
 
     best = load_checkpoint(ckpt_dir / "best.pt", map_location=str(device))
     model.load_state_dict(best["model"])
@@ -276,7 +355,7 @@ def fit_torch(model, splits, spec, conf, run_dir: Path, device, progress=None) -
         best_epoch=stopper.best_epoch,
         best_value=stopper.best,
         epochs_run=epoch,
-        stopped_early=stopper.stop,
+        stopped_early=stopper.stop and epoch < tcfg.max_epochs,
         train_time_s=train_time,
         samples_seen=n * epoch,
         history=history,
@@ -288,3 +367,43 @@ def conf_dict(conf) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.structured(conf), resolve=True)
+
+
+def rng_state(shuffle, device) -> dict:
+    """Every random generator a run draws from, in types a weights_only checkpoint can hold."""
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def restore_rng(state: dict, shuffle, device) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rewrite_records(run_dir: Path, records: list[dict]) -> None:
+    from dlrun.checkpoints import atomic_write
+
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text), mode="w")

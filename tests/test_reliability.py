@@ -1,0 +1,194 @@
+"""Resume exactly, stop cleanly, write atomically, load safely."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import read_metrics, train
+from dlrun.checkpoints import load_checkpoint
+from dlrun.errors import ConfigError, Diverged, Interrupted, UserError
+
+BIN = Path(sys.executable).parent
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
+
+
+@contextlib.contextmanager
+def sigint_after_epoch(monkeypatch, k: int):
+    """Send SIGINT to this process once epoch k is recorded (as Ctrl-C would)."""
+    import dlrun.report
+
+    real = dlrun.report.epoch_progress
+
+    @contextlib.contextmanager
+    def progress(max_epochs, monitor):
+        with real(max_epochs, monitor) as on_epoch:
+
+            def hook(record, improved):
+                on_epoch(record, improved)
+                if record["epoch"] == k:
+                    signal.raise_signal(signal.SIGINT)
+
+            yield hook
+
+    monkeypatch.setattr(dlrun.report, "epoch_progress", progress)
+    yield
+    monkeypatch.setattr(dlrun.report, "epoch_progress", real)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lstm"])
+def test_interrupted_then_resumed_ends_identical(tmp_path, monkeypatch, model):
+    args = (f"model={model}", "trainer.max_epochs=6", "sched=cosine", "model.dropout=0.2")
+    full, full_dir = train(tmp_path, *args, name="full")
+    with sigint_after_epoch(monkeypatch, 3), pytest.raises(Interrupted) as stopped:
+        train(tmp_path, *args, name="cut")
+    assert stopped.value.exit_code == 130
+    cut = tmp_path / "cut"
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_run"] == 3
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] == 3
+
+    resumed, _ = train(tmp_path, *args, f"trainer.resume={cut}", name="elsewhere")
+    assert resumed["run_dir"] == str(cut) and not (tmp_path / "elsewhere").exists()  # same folder
+    assert without_times(read_metrics(cut)) == without_times(read_metrics(full_dir))
+    for key in ("val", "test", "best_epoch", "epochs_run"):
+        assert resumed[key] == full[key]
+
+
+def test_sigterm_mid_epoch_stops_cleanly_and_resume_auto_continues(tmp_path):
+    env = {**os.environ}
+    args = ["model=lstm", "model.hidden_size=256", "trainer.max_epochs=4", "task_name=t"]
+    process = subprocess.Popen(
+        [str(BIN / "dlrun"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+
+    def epochs_done() -> int:
+        found = list(tmp_path.glob("outputs/t/*/*/metrics.jsonl"))
+        return len(found[0].read_text().splitlines()) if found else 0
+
+    while epochs_done() < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into epoch 2
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert "dlrun: interrupted by SIGTERM after epoch" in err and "Traceback" not in err
+    (run_dir,) = tmp_path.glob("outputs/t/*/*")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert (
+        len(read_metrics(run_dir))
+        == summary["epochs_run"]
+        == load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]
+    )
+
+    done = subprocess.run(
+        [str(BIN / "dlrun"), *args, "trainer.resume=auto"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert len(list(tmp_path.glob("outputs/t/*/*"))) == 1  # no second run folder
+
+
+def test_resume_refuses_another_experiment(tmp_path):
+    _, run_dir = train(tmp_path, "trainer.max_epochs=1")
+    with pytest.raises(
+        ConfigError,
+        match=r"was saved by a different experiment: model.hidden_sizes was \[128, 64\], now \[32\]",
+    ):
+        train(
+            tmp_path, "trainer.max_epochs=2", "model.hidden_sizes=[32]", f"trainer.resume={run_dir}"
+        )
+    with pytest.raises(
+        UserError, match="is neither a run folder with checkpoints/last.pt nor a checkpoint file"
+    ):
+        train(tmp_path, f"trainer.resume={tmp_path / 'nowhere'}")
+
+
+def test_a_diverging_run_is_recorded_and_best_is_kept(tmp_path):
+    _, run_dir = train(tmp_path, "trainer.max_epochs=2", name="ok")
+    with pytest.raises(
+        Diverged, match=r"the training loss became (nan|inf) in epoch 1, step \d+ of 41"
+    ):
+        train(tmp_path, "optim=sgd", "optim.lr=1e12", "trainer.max_epochs=3", name="bad")
+    summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "optim.lr=1000000000000.0" in summary["error"]
+
+
+KILL_LOOP = """
+import sys, torch
+from dlrun.checkpoints import save_checkpoint
+i = 0
+while True:
+    i += 1
+    save_checkpoint(sys.argv[1], {"i": i, "w": torch.full((3_000_000,), float(i))})
+"""
+
+
+def test_sigkill_during_writes_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    for delay in (0.3, 0.55, 0.8):
+        process = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(path)])
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.kill()  # SIGKILL, most likely in the middle of a write
+        process.wait()
+        state = load_checkpoint(path)
+        assert state["i"] >= 1 and bool((state["w"] == float(state["i"])).all())
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/dlrun_exploit_marker")
+
+
+def test_a_planted_pickle_is_refused_and_runs_nothing(tmp_path):
+    MARKER.unlink(missing_ok=True)
+    path = tmp_path / "best.pt"
+    torch.save({"model": Exploit()}, path)
+    with pytest.raises(
+        UserError,
+        match=rf"checkpoint {path} holds objects that would need code to load; it was refused",
+    ):
+        load_checkpoint(path)
+    assert not MARKER.exists()
+
+
+def test_a_truncated_checkpoint_is_named(tmp_path):
+    _, run_dir = train(tmp_path, "trainer.max_epochs=1")
+    path = run_dir / "checkpoints" / "last.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        UserError, match=rf"checkpoint {path} cannot be read \(truncated or corrupted\?\)"
+    ):
+        load_checkpoint(path)
