@@ -152,6 +152,11 @@ def main() -> None:
         fail(str(ex), ex.exit_code)
     except KeyboardInterrupt:
         fail("interrupted.", 130)
+    except OSError as ex:  # Hydra could not make or write the run folder
+        if show_traceback:
+            raise
+        where = f" {ex.filename}" if ex.filename else ""
+        fail(f"cannot write{where}: {ex.strerror or ex}. Choose a writable hydra.run.dir.", 2)
     except Exception as ex:
         message = None if show_traceback else describe_hydra_error(ex, CONFIG_DIR)
         if message is None:

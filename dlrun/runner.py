@@ -24,6 +24,7 @@ log = logging.getLogger("dlrun")
 def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     """Train and evaluate the experiment `cfg` describes; write its run folder; return the
     summary (what `summary.json` holds)."""
+    started = time.perf_counter()
     load_catalog()
     conf = validate(cfg)  # every problem at once, before any work
     run_dir = Path(run_dir)
@@ -34,12 +35,23 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         path = find_checkpoint(conf.trainer.resume, conf.task_name)
         resume = load_checkpoint(path)
         run_dir = path.parent.parent
-    run_dir.mkdir(parents=True, exist_ok=True)
+    elif any((run_dir / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints")):
+        raise UserError(
+            f"the run folder {run_dir} already holds a run; a new run never overwrites one. Choose "
+            f"another hydra.run.dir, or continue that run with trainer.resume={run_dir}."
+        )
+    # data, model pairing, device: problems here stop the run before its folder is written
+    prep = prepare(conf)  # resolves the `auto` settings
+    if resume is not None:
+        check_same_experiment(resume.get("config", {}), conf, path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as ex:
+        raise UserError(f"hydra.run.dir: cannot create the run folder {run_dir}: {ex.strerror}.") from None
 
     from dlrun.report import print_summary, run_log
 
     with run_log(run_dir):
-        started = time.perf_counter()
         if resume is None:
             (run_dir / "config.yaml").write_text(
                 OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8"
@@ -47,9 +59,6 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
 
         from dlrun.metrics import compute_metrics
 
-        prep = prepare(conf)  # resolves the `auto` settings
-        if resume is not None:
-            check_same_experiment(resume.get("config", {}), conf, path)
         data, entry, spec, splits, device = (
             prep.data,
             prep.entry,

@@ -113,6 +113,7 @@ def resolve_device(name: str):
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
+        log.info("trainer.device=auto: no GPU found, training on the CPU")
         return torch.device("cpu")
     if name.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

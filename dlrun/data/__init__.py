@@ -141,6 +141,8 @@ def build_data(cfg) -> DataModule:
     train, val, test = split_indices(raw, cfg)
     x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
     xs = [np.asarray(x[rows], dtype=np.float32) for rows in (train, val, test)]
+    for rows, part in zip((train, val, test), xs, strict=True):
+        _check_finite(part, rows, raw.spec.name)
     spec = raw.spec
     if raw.encode is not None:  # encoding decides the feature count (one-hot columns, say)
         spec = dataclasses.replace(spec, shape=tuple(xs[0].shape[1:]))
@@ -149,6 +151,19 @@ def build_data(cfg) -> DataModule:
         xs = [((x - norm[0]) / norm[1]).astype(np.float32) for x in xs]
     y = raw.y
     return DataModule(spec, xs[0], y[train], xs[1], y[val], xs[2], y[test], raw.encode, norm)
+
+
+def _check_finite(x: np.ndarray, rows: np.ndarray, name: str) -> None:
+    """A NaN or infinite input is reported before training, by sample and feature."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = np.argwhere(bad)
+        sample, *feature = where[0]
+        raise UserError(
+            f"data: {name} has {int(bad.sum())} NaN or infinite input value(s); the first is sample "
+            f"{int(rows[sample])}, feature {tuple(int(i) for i in feature)}. Clean the data (or, for a "
+            "table, use data.missing=impute)."
+        )
 
 
 def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
