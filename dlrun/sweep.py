@@ -45,11 +45,10 @@ def job_row(job: Path) -> dict:
     if not summary_path.exists():
         return {**row, "status": "failed", "error": "no summary.json: the job did not finish"}
     summary = json.loads(summary_path.read_text())
-    row["status"] = (
-        "ok" if summary.get("status") == "completed" else summary.get("status", "failed")
-    )
-    if row["status"] != "ok":
-        return {**row, "error": summary.get("error", "")}
+    row["status"] = "ok" if summary.get("status") == "completed" else "failed"
+    if row["status"] != "ok":  # the job's own status (diverged, interrupted, ...) leads the error
+        status = summary.get("status", "failed")
+        return {**row, "error": f"{status}: {summary.get('error', '')}"}
     monitor = summary["monitor"]
     row.update(
         {"model": summary["model"], "data": summary["data"], monitor["metric"]: monitor["best"]}
