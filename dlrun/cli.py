@@ -152,11 +152,14 @@ def main() -> None:
         fail(str(ex), ex.exit_code)
     except KeyboardInterrupt:
         fail("interrupted.", 130)
-    except OSError as ex:  # Hydra could not make or write the run folder
+    except OSError as ex:  # Hydra could not find a config, or make or write the run folder
         if show_traceback:
             raise
-        where = f" {ex.filename}" if ex.filename else ""
-        fail(f"cannot write{where}: {ex.strerror or ex}. Choose a writable hydra.run.dir.", 2)
+        message = describe_hydra_error(ex, CONFIG_DIR)
+        if message is None:
+            where = f" {ex.filename}" if ex.filename else ""
+            message = f"cannot write{where}: {ex.strerror or ex}. Choose a writable hydra.run.dir."
+        fail(message, 2)
     except Exception as ex:
         message = None if show_traceback else describe_hydra_error(ex, CONFIG_DIR)
         if message is None:

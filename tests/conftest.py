@@ -36,8 +36,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(autouse=True)
 def _quiet_threads():
-    """Two cores here: keep torch from oversubscribing them across tests."""
+    """Two cores here: keep torch from oversubscribing them (one thread per xdist worker)."""
+    import os
+
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     yield
