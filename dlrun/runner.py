@@ -35,7 +35,9 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         path = find_checkpoint(conf.trainer.resume, conf.task_name)
         resume = load_checkpoint(path)
         run_dir = path.parent.parent
-    elif any((run_dir / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints")):
+    elif any(
+        (run_dir / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints")
+    ):
         raise UserError(
             f"the run folder {run_dir} already holds a run; a new run never overwrites one. Choose "
             f"another hydra.run.dir, or continue that run with trainer.resume={run_dir}."
@@ -47,7 +49,9 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as ex:
-        raise UserError(f"hydra.run.dir: cannot create the run folder {run_dir}: {ex.strerror}.") from None
+        raise UserError(
+            f"hydra.run.dir: cannot create the run folder {run_dir}: {ex.strerror}."
+        ) from None
 
     from dlrun.report import print_summary, run_log
 

@@ -18,8 +18,14 @@ DLRUN = str(Path(sys.executable).with_name("dlrun"))
 
 
 def dlrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([DLRUN, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ))
+    return subprocess.run(
+        [DLRUN, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -29,11 +35,22 @@ def dlrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["optim.lr=-0.1"], "optim.lr must be a float in the range (0, inf). Got -0.1."),
         (["data.test_split=0"], "data.test_split must be a float in the range (0, 1). Got 0.0."),
         (["data.test_split=1"], "data.test_split must be a float in the range (0, 1). Got 1.0."),
-        (["trainer.max_epochs=-3"], "trainer.max_epochs must be an int in the range [1, inf). Got -3."),
-        (["data=moons", "data.n_samples=12", "data.val_split=0.05"],
-         "data: cannot split 9 samples for data.val_split=0.05: The test_size = 1 should be greater or equal to the number of classes = 2"),
-        (["model=lenet5", "data=wine"], "a model that takes image input cannot read tabular data (shape 13)"),
-        (["trainer.device=cuda:3"], "trainer.device: 'cuda:3' was asked for but this machine has no CUDA device. Use trainer.device=cpu or auto."),
+        (
+            ["trainer.max_epochs=-3"],
+            "trainer.max_epochs must be an int in the range [1, inf). Got -3.",
+        ),
+        (
+            ["data=moons", "data.n_samples=12", "data.val_split=0.05"],
+            "data: cannot split 9 samples for data.val_split=0.05: The test_size = 1 should be greater or equal to the number of classes = 2",
+        ),
+        (
+            ["model=lenet5", "data=wine"],
+            "a model that takes image input cannot read tabular data (shape 13)",
+        ),
+        (
+            ["trainer.device=cuda:3"],
+            "trainer.device: 'cuda:3' was asked for but this machine has no CUDA device. Use trainer.device=cpu or auto.",
+        ),
     ],
 )
 def test_bad_values_in_process(tmp_path, overrides, message):
@@ -46,12 +63,17 @@ def test_bad_values_in_process(tmp_path, overrides, message):
 def test_cli_exit_codes_and_no_half_written_folder(tmp_path):
     result = dlrun(tmp_path, "trainer.device=cuda")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("dlrun: trainer.device: 'cuda' was asked for but this machine has no CUDA device")
+    assert result.stderr.startswith(
+        "dlrun: trainer.device: 'cuda' was asked for but this machine has no CUDA device"
+    )
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.json"))
     (tmp_path / "file").write_text("not a folder")
     result = dlrun(tmp_path, f"hydra.run.dir={tmp_path / 'file' / 'run'}")
     assert result.returncode == 2
-    assert result.stderr == f"dlrun: cannot write {tmp_path / 'file' / 'run'}: Not a directory. Choose a writable hydra.run.dir.\n"
+    assert (
+        result.stderr
+        == f"dlrun: cannot write {tmp_path / 'file' / 'run'}: Not a directory. Choose a writable hydra.run.dir.\n"
+    )
 
 
 def test_a_run_folder_is_never_reused(tmp_path):
@@ -84,17 +106,42 @@ def test_nan_inputs_are_named_before_training(tmp_path):
 VALID = {
     "model": ["model=mlp", "model=gru", "model=random_forest"],
     "epochs": ["trainer.max_epochs=1"],
-    "extra": [[], ["optim=sgd"], ["sched=cosine"], ["trainer.clip.max_norm=1.0"], ["data=iris"],
-              ["trainer.batch_size=128"], ["model.n_estimators=5"]],
+    "extra": [
+        [],
+        ["optim=sgd"],
+        ["sched=cosine"],
+        ["trainer.clip.max_norm=1.0"],
+        ["data=iris"],
+        ["trainer.batch_size=128"],
+        ["model.n_estimators=5"],
+    ],
 }
-INVALID = ["optim.lr=-1", "trainer.batch_size=0", "data.val_split=2", "model=resnet", "optim=adma",
-           "trainer.precision=8", "trainer.devices=2", "optim.lr=fast", "data=nowhere", "trainer.clip.value=0",
-           "model.dropout=1.0", "sched.gamma=0", "trainer.early_stopping.monitor=val_auc", "data.task=ranking"]
+INVALID = [
+    "optim.lr=-1",
+    "trainer.batch_size=0",
+    "data.val_split=2",
+    "model=resnet",
+    "optim=adma",
+    "trainer.precision=8",
+    "trainer.devices=2",
+    "optim.lr=fast",
+    "data=nowhere",
+    "trainer.clip.value=0",
+    "model.dropout=1.0",
+    "sched.gamma=0",
+    "trainer.early_stopping.monitor=val_auc",
+    "data.task=ranking",
+]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(model=st.sampled_from(VALID["model"]), extra=st.sampled_from(VALID["extra"]),
-       bad=st.lists(st.sampled_from(INVALID), max_size=2, unique=True))
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    model=st.sampled_from(VALID["model"]),
+    extra=st.sampled_from(VALID["extra"]),
+    bad=st.lists(st.sampled_from(INVALID), max_size=2, unique=True),
+)
 def test_random_overrides_train_or_fail_cleanly(tmp_path_factory, model, extra, bad):
     """Whatever the mix of settings: a tiny run that trains, or one clean error; never a crash."""
     from dlrun.runner import run
@@ -114,3 +161,18 @@ def test_random_overrides_train_or_fail_cleanly(tmp_path_factory, model, extra, 
         assert message and "Traceback" not in message
         return
     assert summary["status"] == "completed"
+
+
+def test_unreadable_and_one_class_tables(tmp_path):
+    (tmp_path / "broken.csv").write_text('a,b,y\n1,2,0\n3,"4,1\n')
+    with pytest.raises(UserError, match=r"data.path: cannot read .*broken.csv as a CSV file"):
+        train(tmp_path, "data=csv", f"data.path={tmp_path / 'broken.csv'}", "data.target=y")
+    (tmp_path / "one.csv").write_text("a,y\n" + "".join(f"{i},same\n" for i in range(30)))
+    with pytest.raises(
+        UserError,
+        match=r"data.target: column 'y' of .*one.csv has a single value \('same'\); classification needs at least two classes",
+    ):
+        train(tmp_path, "data=csv", f"data.path={tmp_path / 'one.csv'}", "data.target=y")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"data.root"):
+        train(tmp_path, "data=image_folder", f"data.root={tmp_path / 'empty'}")

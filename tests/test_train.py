@@ -217,7 +217,8 @@ def test_data_splits_are_stratified_disjoint_and_normalized_on_train_only():
 
 def test_a_diverging_run_stops_with_a_clear_message(tmp_path):
     with pytest.raises(
-        TrainingError, match=r"the training loss became (nan|inf) in epoch 1, step \d+ of 41\. Likely causes"
+        TrainingError,
+        match=r"the training loss became (nan|inf) in epoch 1, step \d+ of 41\. Likely causes",
     ):
         train(tmp_path, "optim=sgd", "optim.lr=1e12", "trainer.max_epochs=3")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
