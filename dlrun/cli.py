@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dlrun import sweep
 from dlrun.catalog import load_catalog
@@ -41,9 +41,30 @@ def config_groups() -> str:
     return "\n".join(lines)
 
 
+HELP = """dlrun: train and compare models declared in YAML (Hydra config groups).
+
+Usage:  dlrun [group=option ...] [key=value ...]
+        dlrun -m key=a,b,c ...        (multirun: one job per combination, one leaderboard)
+
+== Config groups (group=option) ==
+{groups}
+
+== Examples ==
+  dlrun                                  the default: an MLP on the bundled digits
+  dlrun model=lenet5 optim=adam          swap config groups
+  dlrun trainer.clip.max_norm=1.0 optim.lr=3e-3 trainer.max_epochs=50
+  dlrun -m optim=sgd,momentum,adam       a sweep
+  dlrun -m hparams_search=mlp_optuna     an Optuna search
+  dlrun trainer.resume=auto              continue the latest interrupted run
+
+  dlrun --cfg job [overrides]            print the whole composed config
+  dlrun-eval / dlrun-predict / dlrun-export run_dir=PATH   use a trained run
+
+Runs are written to outputs/<task_name>/<date>/<time>/. Hydra's own flags: dlrun --hydra-help
+"""
+
 CONFIG_DIR = find_config_dir()
 load_catalog()  # the schemas must be in Hydra's ConfigStore before it composes
-OmegaConf.register_new_resolver("dlrun_config_groups", config_groups, replace=True)
 
 
 # A user mistake found inside the task is kept here and reported after Hydra returns, so that
@@ -131,6 +152,12 @@ def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:
 
 def main() -> None:
     from dlrun.errors import UserError, describe_hydra_error
+
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        # Our own help: Hydra's lists every option of every group by composing each one, which
+        # takes seconds; this reads the folder names and returns at once.
+        print(HELP.format(groups=config_groups()))
+        return
 
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if show_traceback:
