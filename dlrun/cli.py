@@ -153,6 +153,18 @@ def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:
 def main() -> None:
     from dlrun.errors import UserError, describe_hydra_error
 
+    launch_distributed_if_asked()
+    if os.environ.get("RANK", "0") != "0":
+        # Under torchrun every rank composes the config; only rank 0 keeps a run folder (the
+        # others learn its path from rank 0 and write nothing), and only rank 0 logs.
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix=f"dlrun-rank{os.environ['RANK']}-")
+        sys.argv += [
+            f"hydra.run.dir={scratch}",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+        ]
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         # Our own help: Hydra's lists every option of every group by composing each one, which
         # takes seconds; this reads the folder names and returns at once.
@@ -192,6 +204,29 @@ def main() -> None:
         if message is None:
             raise
         fail(message, 2)
+
+
+def launch_distributed_if_asked() -> None:
+    """`trainer.devices=N` (N > 1) restarts the command under torchrun with N processes."""
+    import re
+
+    if "RANK" in os.environ:  # already one of torchrun's processes
+        return
+    for arg in sys.argv[1:]:
+        match = re.fullmatch(r"\+{0,2}trainer\.devices=(\d+)", arg)
+        if match and int(match[1]) > 1:
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={match[1]}",
+                "-m",
+                "dlrun",
+                *sys.argv[1:],
+            ]
+            sys.stdout.flush()
+            os.execv(sys.executable, command)
 
 
 def fail(message: str, code: int) -> None:

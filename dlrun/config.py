@@ -119,6 +119,7 @@ class TrainerConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    devices: int = setting(1, lo=1)  # >1: DistributedDataParallel over that many processes
     precision: str = setting("32", choices=("32", "bf16", "16"))
     loss: str = setting("auto", choices=("auto", "cross_entropy", "mse", "l1"))  # auto: by task
     resume: Optional[str] = None  # a run folder or checkpoint to continue, or auto (the latest)

@@ -64,8 +64,9 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def open_logger(cfg: LoggerConfig, run_dir: Path):
-    if cfg.name == "tensorboard":
+def open_logger(cfg: LoggerConfig | None, run_dir: Path):
+    """The configured logger (None: none, as on every rank but the first under torchrun)."""
+    if cfg is not None and cfg.name == "tensorboard":
         return TensorBoardLogger(run_dir / cfg.subdir)
     return NoLogger()
 

@@ -5,6 +5,7 @@ Torch networks and tree estimators share every step but `fit`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -27,7 +28,11 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     started = time.perf_counter()
     load_catalog()
     conf = validate(cfg)  # every problem at once, before any work
-    run_dir = Path(run_dir)
+    from dlrun import distributed
+
+    distributed.setup(distributed_device_type(conf))
+    main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
+    run_dir = Path(distributed.broadcast(str(run_dir)))
     resume = None
     if conf.trainer.resume is not None:  # continue that run, in its own folder
         from dlrun.checkpoints import load_checkpoint
@@ -35,7 +40,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         path = find_checkpoint(conf.trainer.resume, conf.task_name)
         resume = load_checkpoint(path)
         run_dir = path.parent.parent
-    elif any(
+    elif main and any(
         (run_dir / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints")
     ):
         raise UserError(
@@ -47,7 +52,8 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     if resume is not None:
         check_same_experiment(resume.get("config", {}), conf, path)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as ex:
         raise UserError(
             f"hydra.run.dir: cannot create the run folder {run_dir}: {ex.strerror}."
@@ -55,8 +61,8 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
 
     from dlrun.report import print_summary, run_log
 
-    with run_log(run_dir):
-        if resume is None:
+    with run_log(run_dir) if main else contextlib.nullcontext():
+        if resume is None and main:
             (run_dir / "config.yaml").write_text(
                 OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8"
             )
@@ -81,7 +87,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
 
         from dlrun.loggers import open_logger
 
-        logger = open_logger(conf.logger, run_dir)
+        logger = open_logger(conf.logger if main else None, run_dir)
         try:
             if entry.family == "torch":
                 fitted = fit_network(entry, conf, spec, splits, run_dir, device, logger, resume)
@@ -94,6 +100,8 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         except (Interrupted, Diverged) as ex:
             from dlrun.training import read_records
 
+            if not main:
+                raise
             write_json(
                 run_dir / "summary.json",
                 {
@@ -140,13 +148,15 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "versions": versions(),
             "run_dir": str(run_dir),
         }
-        write_json(run_dir / "summary.json", summary)
-        logger.close(OmegaConf.to_container(cfg, resolve=True), summary)
-        write_plots(
-            run_dir, result.history, stopping.monitor, spec, splits["test"][1], outputs["test"]
-        )
-        log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
-        print_summary(summary)
+        if main:
+            write_json(run_dir / "summary.json", summary)
+            logger.close(OmegaConf.to_container(cfg, resolve=True), summary)
+            write_plots(
+                run_dir, result.history, stopping.monitor, spec, splits["test"][1], outputs["test"]
+            )
+            log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
+            print_summary(summary)
+        distributed.barrier()
         return summary
 
 
@@ -242,6 +252,18 @@ def prepare(conf) -> Prepared:
         for x, y in [data.split(name)]
     }
     return Prepared(data, entry, spec, splits, device)
+
+
+def distributed_device_type(conf) -> str:
+    """The process group's device kind under torchrun (NCCL for GPUs, gloo for CPUs)."""
+    from dlrun import distributed
+
+    if distributed.world_size() <= 1:
+        return "cpu"
+    import torch
+
+    wants_gpu = conf.trainer.device.startswith("cuda") or conf.trainer.device == "auto"
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
 
 def check_task_settings(conf, spec) -> None:

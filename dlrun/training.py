@@ -106,8 +106,11 @@ def resolve_device(name: str):
     """'auto' picks cuda, then mps, then cpu; an unavailable device is a clear error."""
     import torch
 
+    from dlrun import distributed
     from dlrun.errors import ConfigError
 
+    if distributed.world_size() > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", distributed.local_rank())  # one GPU per rank
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -167,8 +170,18 @@ def fit_torch(
     import torch
     from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
+    from dlrun import distributed
+
     tcfg = conf.trainer
-    model.to(device)
+    net = model.to(device)  # the network itself; `model` is what trains (DDP-wrapped on N ranks)
+    world = distributed.world_size() if distributed.active() else 1
+    rank = distributed.rank() if world > 1 else 0
+    main = rank == 0
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(net, device_ids=device_ids)
     x_train = torch.as_tensor(splits["train"][0], device=device)
     y_train = torch.as_tensor(splits["train"][1], device=device)
     if spec.task == "regression":
@@ -179,11 +192,14 @@ def fit_torch(
     n = len(y_train)
     batch = min(tcfg.batch_size, n)
     steps = math.ceil(n / batch)
+    if world > 1 and 0 < n % batch < world:
+        steps -= 1  # a last batch smaller than the ranks would leave a rank with nothing
+    seen = min(steps * batch, n)  # samples per epoch
     monitor = tcfg.early_stopping.monitor
     stopper = EarlyStopping(
         tcfg.early_stopping.mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta
     )
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in net.parameters() if p.requires_grad]
     optimizer = build_optimizer(conf.optim, params, device.type)
     scheduler = build_scheduler(
         conf.sched, optimizer, max_epochs=tcfg.max_epochs, steps_per_epoch=steps, mode=stopper.mode
@@ -193,7 +209,7 @@ def fit_torch(
         "cross_entropy": torch.nn.CrossEntropyLoss,
         "mse": torch.nn.MSELoss,
         "l1": torch.nn.L1Loss,
-    }[tcfg.loss]()
+    }[tcfg.loss](reduction="none")
     # Regression networks predict in the target's units (dlrun.nn.TargetScaled); dividing the
     # loss by the target's variance (or std for l1) gives the gradients of a standardized
     # target, so learning rates mean the same whatever the units. Reported losses stay in units.
@@ -204,14 +220,15 @@ def fit_torch(
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "16")
     shuffle = torch.Generator().manual_seed(tcfg.seed)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     config = conf_dict(conf)
 
     history: list[dict] = []
     train_time = 0.0
     start = 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        net.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         if scheduler is not None and resume["scheduler"] is not None:
             scheduler.load_state_dict(resume["scheduler"])
@@ -225,10 +242,11 @@ def fit_torch(
         restore_rng(resume["rng"], shuffle, device)
         train_time = resume.get("train_time_s", 0.0)
         history = [r for r in read_records(run_dir) if r["epoch"] <= resume["epoch"]]
-        rewrite_records(run_dir, history)  # drop lines of an epoch that never reached last.pt
+        if main:
+            rewrite_records(run_dir, history)  # drop lines of an epoch that never reached last.pt
         start = resume["epoch"] + 1
         log.info("resuming at epoch %d of %d from %s", start, tcfg.max_epochs, run_dir)
-    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
     epoch = start - 1
     stop = GracefulStop()
     try:
@@ -244,10 +262,19 @@ def fit_torch(
             first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss
             for step in range(steps):
                 idx = perm[step * batch : (step + 1) * batch]
+                global_batch = len(idx)
+                if world > 1:
+                    idx = idx[rank::world]  # this rank's share of the global batch
                 xb, yb = x_train[idx], y_train[idx]  # (B, *shape), (B,)
                 with autocast(device, tcfg.precision):
                     out = model(xb)
-                loss = loss_fn(out.float(), yb)
+                per_sample = loss_fn(out.float(), yb)  # (B,) or (B, T)
+                if per_sample.ndim > 1:
+                    per_sample = per_sample.flatten(1).mean(dim=1)
+                shard_sum = per_sample.sum()
+                # the mean over the global batch: DDP's average over ranks then gives exactly
+                # the single-process gradient, even when the shards differ in size
+                loss = shard_sum * (world / global_batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss / grad_scale).backward()
                 scaler.unscale_(optimizer)
@@ -263,17 +290,17 @@ def fit_torch(
                     scheduler.step()
                 bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
                 first_bad = torch.where(bad, step + 1, first_bad)  # on the device: no sync
-                loss_sum += loss.detach() * len(idx)
+                loss_sum += shard_sum.detach()
                 norm_sum += norm
                 norm_max = torch.maximum(norm_max, norm)
-                if stop.signum is not None:
+                if stop.signum is not None and world == 1:  # ranks agree once an epoch
                     break
             if stop.signum is not None and step < steps - 1:
                 # Stopped inside the epoch: last.pt keeps the end of the previous one, which is
                 # where a resumed run starts again, exactly.
                 epoch -= 1
                 break
-            train_loss = (loss_sum / n).item()  # the epoch's one host synchronisation
+            train_loss = (distributed.all_sum(loss_sum) / seen).item()  # one host sync an epoch
             train_time += time.perf_counter() - t_epoch
 
             if not math.isfinite(train_loss):
@@ -284,7 +311,7 @@ def fit_torch(
                     "trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch before it."
                 )
             val = compute_metrics(
-                spec.task, y_val, predict(model, x_val, spec.task, tcfg.precision), tcfg.loss
+                spec.task, y_val, predict(net, x_val, spec.task, tcfg.precision), tcfg.loss
             )
             record = {
                 "epoch": epoch,
@@ -302,7 +329,7 @@ def fit_torch(
                 scheduler.step(record[monitor])
             state = {
                 "epoch": epoch,
-                "model": model.state_dict(),
+                "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(),
@@ -315,15 +342,20 @@ def fit_torch(
                 "train_time_s": train_time,
                 "config": config,
             }
-            save_checkpoint(ckpt_dir / "last.pt", state)
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pt", state)
             record["epoch_time_s"] = time.perf_counter() - t_epoch
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
             history.append(record)
-            if progress is not None:
-                progress(record, improved)
+            if main:
+                save_checkpoint(ckpt_dir / "last.pt", state)
+                if improved:
+                    save_checkpoint(ckpt_dir / "best.pt", state)
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                if progress is not None:
+                    progress(record, improved)
+            if world > 1:  # every rank stops at the same epoch when one was signalled
+                flag = torch.tensor(float(stop.signum or 0), device=device)
+                if distributed.all_sum(flag).item() > 0 and stop.signum is None:
+                    stop.signum = int(signal.SIGTERM)
             if stop.signum is not None:
                 break
             if stopper.stop:
@@ -337,7 +369,8 @@ def fit_torch(
                 break
     finally:
         stop.__exit__()
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         if epoch == 0:
@@ -350,15 +383,16 @@ def fit_torch(
             stop.signum,
         )
 
+    distributed.barrier()  # rank 0 has written best.pt
     best = load_checkpoint(ckpt_dir / "best.pt", map_location=str(device))
-    model.load_state_dict(best["model"])
+    net.load_state_dict(best["model"])
     return FitResult(
         best_epoch=stopper.best_epoch,
         best_value=stopper.best,
         epochs_run=epoch,
         stopped_early=stopper.stop and epoch < tcfg.max_epochs,
         train_time_s=train_time,
-        samples_seen=n * epoch,
+        samples_seen=seen * epoch,
         history=history,
     )
 
