@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install train test test-slow recipes lint format clean
+.PHONY: help install train test test-slow recipes bench lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test-slow: install ## Run the slow tests too
 
 recipes: install ## Run every recipe in full and check its expected result (minutes)
 	$(BIN)/python -m dlrun.recipes $(ARGS)
+
+bench: install ## Benchmark dlrun's loop against a hand-written one (ARGS="--scale 0.25" for a quick one)
+	$(BIN)/python -m dlrun.bench $(ARGS)
 
 lint: install ## Lint with ruff
 	$(BIN)/ruff check dlrun tests

@@ -123,6 +123,7 @@ class TrainerConfig:
     precision: str = setting("32", choices=("32", "bf16", "16"))
     loss: str = setting("auto", choices=("auto", "cross_entropy", "mse", "l1"))  # auto: by task
     resume: Optional[str] = None  # a run folder or checkpoint to continue, or auto (the latest)
+    diagnostics: bool = True  # training-health signals per epoch and findings (dlrun.health)
     seed: int = II("seed")  # weights, dropout and batch order
 
 

@@ -83,6 +83,8 @@ def print_summary(summary: dict) -> None:
         table.add_row(name, f"{summary['val'][name]:.4f}", f"{summary['test'][name]:.4f}")
     console = Console()
     console.print(table)
+    for finding in summary.get("health", []):
+        console.print(f"[yellow]health:[/] {finding['message']}: {finding['advice']}")
     console.print(
         f"{summary['params']:,} parameters, {summary['wall_time_s']:.1f} s, "
         f"{summary['samples_per_s']:,.0f} samples/s on {summary['device']}. "

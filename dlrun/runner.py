@@ -112,6 +112,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
                     "epochs_run": len(read_records(run_dir)),
                     "run_dir": str(run_dir),
                     "wall_time_s": time.perf_counter() - started,
+                    "health": getattr(ex, "health", []),
                 },
             )
             raise
@@ -128,6 +129,11 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         if best_value is None:  # estimators: the monitored metric of the fitted model
             best_value = scores["val"][stopping.monitor.removeprefix("val_")]
 
+        health = []
+        if entry.family == "torch" and conf.trainer.diagnostics:
+            from dlrun.health import findings
+
+            health = [f.as_dict() for f in findings(result.history, conf)]
         summary = {
             "status": "completed",
             "model": conf.model.name,
@@ -147,6 +153,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "device": str(device),
             "versions": versions(),
             "run_dir": str(run_dir),
+            "health": health,
         }
         if main:
             write_json(run_dir / "summary.json", summary)

@@ -55,6 +55,7 @@ def job_row(job: Path) -> dict:
     )
     row.update({f"test_{k}": v for k, v in summary["test"].items()})
     row.update({k: summary[k] for k in ("epochs_run", "wall_time_s", "params")})
+    row["health"] = ", ".join(f["kind"] for f in summary.get("health", []))
     row["_monitor"] = monitor
     return row
 
@@ -74,7 +75,7 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
 
     columns = ["job", "overrides", "status", "model", "data", monitor["metric"]]
     columns += sorted({k for r in ok for k in r if k.startswith("test_")})
-    columns += ["epochs_run", "wall_time_s", "params", "error"]
+    columns += ["epochs_run", "wall_time_s", "params", "health", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

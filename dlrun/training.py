@@ -246,6 +246,14 @@ def fit_torch(
             rewrite_records(run_dir, history)  # drop lines of an epoch that never reached last.pt
         start = resume["epoch"] + 1
         log.info("resuming at epoch %d of %d from %s", start, tcfg.max_epochs, run_dir)
+    health = None
+    if tcfg.diagnostics:
+        from dlrun.health import PROBE, Monitor
+
+        y_probe = torch.as_tensor(y_val[:PROBE], device=device)
+        if spec.task == "regression":
+            y_probe = y_probe.reshape(len(y_probe), -1)
+        health = Monitor(net, x_val[:PROBE], y_probe, loss_fn, sequence=len(spec.shape) == 2)
     metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
     epoch = start - 1
     stop = GracefulStop()
@@ -292,7 +300,7 @@ def fit_torch(
                 first_bad = torch.where(bad, step + 1, first_bad)  # on the device: no sync
                 loss_sum += shard_sum.detach()
                 norm_sum += norm
-                norm_max = torch.maximum(norm_max, norm)
+                norm_max = torch.fmax(norm_max, norm)  # fmax: a NaN step keeps the peak before it
                 if stop.signum is not None and world == 1:  # ranks agree once an epoch
                     break
             if stop.signum is not None and step < steps - 1:
@@ -301,15 +309,31 @@ def fit_torch(
                 epoch -= 1
                 break
             train_loss = (distributed.all_sum(loss_sum) / seen).item()  # one host sync an epoch
-            train_time += time.perf_counter() - t_epoch
+            epoch_train_time = time.perf_counter() - t_epoch
+            train_time += epoch_train_time
 
             if not math.isfinite(train_loss):
-                raise Diverged(
+                peak = norm_max.item()
+                exploding = tcfg.clip.max_norm is None and not (peak < 1e3)
+                error = Diverged(
                     f"the training loss became {train_loss} in epoch {epoch}, step "
                     f"{int(first_bad.item())} of {steps}. Likely causes: a learning rate too high "
                     f"(optim.lr={conf.optim.lr}) or no gradient clipping (try "
                     "trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch before it."
                 )
+                if exploding:
+                    from dlrun.health import Finding
+
+                    error.health = [
+                        Finding(
+                            "exploding_gradients",
+                            f"the gradient norm reached {peak:.1e} in epoch {epoch} with clipping off",
+                            epoch,
+                            "high",
+                            "try trainer.clip.max_norm=1.0",
+                        ).as_dict()
+                    ]
+                raise error
             val = compute_metrics(
                 spec.task, y_val, predict(net, x_val, spec.task, tcfg.precision), tcfg.loss
             )
@@ -342,6 +366,9 @@ def fit_torch(
                 "train_time_s": train_time,
                 "config": config,
             }
+            if health is not None:
+                record.update(health.measure())  # one probe batch: no cost in the steps
+            record["train_time_s"] = epoch_train_time  # the training steps alone
             record["epoch_time_s"] = time.perf_counter() - t_epoch
             history.append(record)
             if main:

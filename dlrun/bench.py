@@ -1,0 +1,253 @@
+"""`make bench`: dlrun's training loop against a minimal hand-written PyTorch loop.
+
+Both train the same model (same initial weights) on the same synthetic data with the same batch
+size, Adam and gradient clipping by norm; runs alternate (dlrun, hand-written, dlrun, ...) in one
+process so that both see the same machine. Reported per case: the median seconds per epoch of
+training steps of each, their ratio (dlrun / hand-written), and peak memory; plus the time of
+`dlrun --help` and of a whole one-epoch `dlrun` run. Printed as a table and written to
+outputs/bench/bench-<date>-<time>.json so runs can be compared.
+
+    python -m dlrun.bench [--scale 1.0] [--epochs 3] [--repeats 2] [--batch 128 512] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# (case, model, one sample's shape, data kind, samples at --scale 1): the issue's cases
+CASES = [
+    ("mlp", "mlp", (1, 32, 32), "image", 60_000),
+    ("lenet5", "lenet5", (1, 32, 32), "image", 60_000),
+    ("lstm", "lstm", (100, 8), "sequence", 20_000),
+]
+
+
+def make_conf(model: str, batch: int, epochs: int, device: str):
+    from hydra import compose, initialize_config_dir
+
+    from dlrun.catalog import load_catalog
+    from dlrun.cli import CONFIG_DIR
+    from dlrun.validate import validate
+
+    load_catalog()
+    overrides = [
+        f"model={model}",
+        "optim=adam",
+        f"trainer.batch_size={batch}",
+        f"trainer.max_epochs={epochs}",
+        "trainer.clip.max_norm=1.0",
+        "trainer.early_stopping.patience=null",
+        f"trainer.device={device}",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return validate(compose(config_name="train", overrides=overrides))
+
+
+def dlrun_epochs(conf, spec, x, y, device) -> list[float]:
+    """Seconds of training steps per epoch in dlrun's loop (dlrun.training.fit_torch)."""
+    import torch
+
+    from dlrun.registry import get_model
+    from dlrun.runner import check_task_settings
+    from dlrun.training import fit_torch
+
+    check_task_settings(conf, spec)
+    torch.manual_seed(0)
+    model = get_model(conf.model.name).build(conf.model, spec)
+    splits = {"train": (x, y), "val": (x[:512], y[:512])}
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = fit_torch(model, splits, spec, conf, Path(run_dir), device)
+    return [r["train_time_s"] for r in result.history]
+
+
+def hand_epochs(conf, spec, x, y, device) -> list[float]:
+    """The same training, written out by hand: data on the device, shuffled index slices."""
+    import torch
+
+    from dlrun.registry import get_model
+
+    torch.manual_seed(0)
+    model = get_model(conf.model.name).build(conf.model, spec).to(device)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=conf.optim.lr, fused=device.type == "cuda" or None
+    )
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    n, batch = len(yt), conf.trainer.batch_size
+    times = []
+    for _ in range(conf.trainer.max_epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(n).to(device)
+        total = torch.zeros((), device=device)
+        for i in range(0, n, batch):
+            idx = perm[i : i + batch]
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += loss.detach()
+        total.item()  # wait for the device
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process so far
+
+
+def cli_times() -> dict[str, float]:
+    """`dlrun --help`, and a whole default run of one epoch (start to exit), in seconds."""
+    dlrun = str(Path(sys.executable).with_name("dlrun"))
+    helps = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([dlrun, "--help"], capture_output=True, check=True)
+        helps.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as where:
+        start = time.perf_counter()
+        subprocess.run(
+            [dlrun, "trainer.max_epochs=1", f"hydra.run.dir={where}/run"],
+            capture_output=True,
+            check=True,
+        )
+        whole = time.perf_counter() - start
+        epoch = json.loads(Path(where, "run", "metrics.jsonl").read_text().splitlines()[0])[
+            "epoch_time_s"
+        ]
+    return {
+        "help_s": statistics.median(helps),
+        "one_epoch_run_s": whole,
+        "start_to_first_step_s": whole - epoch,
+    }
+
+
+def run(scale: float, epochs: int, repeats: int, batches: list[int], device_name: str) -> dict:
+    import torch
+
+    from dlrun.data import DataSpec
+    from dlrun.training import resolve_device
+
+    device = resolve_device(device_name)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    rows = []
+    for case, model, shape, kind, samples in CASES:
+        n = max(int(samples * scale), 1024)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, *shape), dtype=np.float32)
+        y = rng.integers(0, 10, size=n).astype(np.int64)
+        spec = DataSpec("synthetic", "classification", kind, shape, num_classes=10)
+        if kind == "image" and model == "mlp":
+            x, spec = (
+                x.reshape(n, -1),
+                DataSpec(
+                    "synthetic", "classification", "tabular", (int(np.prod(shape)),), num_classes=10
+                ),
+            )
+        if model == "lenet5":
+            spec = DataSpec("synthetic", "classification", "image", shape, num_classes=10)
+        for batch in batches:
+            conf = make_conf(model, batch, epochs, device_name)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            ours, theirs = [], []
+            for _ in range(repeats):  # interleaved
+                ours += dlrun_epochs(conf, spec, x, y, device)[1:]  # the first epoch warms up
+                theirs += hand_epochs(conf, spec, x, y, device)[1:]
+            row = {
+                "case": case,
+                "batch": batch,
+                "samples": n,
+                "device": str(device),
+                "dlrun_s_per_epoch": statistics.median(ours),
+                "hand_s_per_epoch": statistics.median(theirs),
+                "peak_memory_mb": peak_memory_mb(device),
+            }
+            row["ratio"] = row["dlrun_s_per_epoch"] / row["hand_s_per_epoch"]
+            rows.append(row)
+            print(
+                f"{case:7s} batch {batch:4d}: dlrun {row['dlrun_s_per_epoch']:.3f} s/epoch, hand-written "
+                f"{row['hand_s_per_epoch']:.3f} s/epoch, ratio {row['ratio']:.3f}",
+                flush=True,
+            )
+    return {
+        "cases": rows,
+        "cli": cli_times(),
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+        },
+        "settings": {"scale": scale, "epochs": epochs, "repeats": repeats},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dlrun.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of the issue's sample counts"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs per run (the first is warm-up)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each loop")
+    parser.add_argument("--batch", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--out", default=None, help="JSON file (default: outputs/bench/bench-<time>.json)"
+    )
+    args = parser.parse_args(argv)
+    result = run(args.scale, max(args.epochs, 2), args.repeats, args.batch, args.device)
+
+    table = Table(title=f"dlrun vs a hand-written loop ({result['machine']['device']})")
+    for column in ("case", "batch", "samples", "dlrun s/epoch", "hand s/epoch", "ratio", "peak MB"):
+        table.add_column(column, justify="right")
+    for r in result["cases"]:
+        table.add_row(
+            r["case"],
+            str(r["batch"]),
+            f"{r['samples']:,}",
+            f"{r['dlrun_s_per_epoch']:.3f}",
+            f"{r['hand_s_per_epoch']:.3f}",
+            f"{r['ratio']:.3f}",
+            f"{r['peak_memory_mb']:.0f}",
+        )
+    Console().print(table)
+    cli = result["cli"]
+    print(
+        f"dlrun --help {cli['help_s']:.2f} s; a 1-epoch default run {cli['one_epoch_run_s']:.1f} s "
+        f"(start to first step and final evaluation {cli['start_to_first_step_s']:.1f} s)"
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("outputs") / "bench" / time.strftime("bench-%Y-%m-%d-%H-%M-%S.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

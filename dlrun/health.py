@@ -1,0 +1,214 @@
+"""Training health: notice the classic ways a network fails to train, and say what to change.
+
+Measured once per epoch on a fixed probe batch from the validation split (cheap, no per-step
+host synchronisation): the fraction of dead ReLU units per layer, the gradient reaching the first
+time steps of a sequence compared with the last ones, per-layer gradient norms, and the size of
+each layer's update relative to its weights. With the loop's own numbers (gradient norm before
+clipping, train and validation loss) they give findings such as:
+
+    41% of the units of layer 1 are dead since epoch 2 (optim.lr=0.5 with relu):
+    try optim.lr=0.05 or model.activation=leaky_relu
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+PROBE = 256  # samples in the probe batch
+
+
+@dataclass
+class Finding:
+    kind: str  # dead_relu, vanishing_gradients, exploding_gradients, overfitting, plateau
+    message: str  # what was seen, since when
+    since_epoch: int
+    confidence: str  # high, medium
+    advice: str  # the change to try: a config key and a value
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "since_epoch": self.since_epoch,
+            "confidence": self.confidence,
+            "advice": self.advice,
+        }
+
+
+@dataclass
+class Monitor:
+    """Hooks on a network; `measure()` at the end of each epoch returns the health numbers."""
+
+    net: object
+    x_probe: object  # (B, *shape) on the device
+    y_probe: object
+    loss_fn: object
+    sequence: bool
+    relus: dict = field(default_factory=dict)
+    _dead: dict = field(default_factory=dict)
+    _before: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from torch import nn
+
+        for name, module in self.net.named_modules():
+            if isinstance(module, nn.ReLU):
+                self.relus[name] = module
+        self.layers = {
+            n: m.weight
+            for n, m in self.net.named_modules()
+            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.ndim > 1
+        }
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        self._before = {n: w.detach().clone() for n, w in self.layers.items()}
+
+    def measure(self) -> dict[str, float]:
+        import torch
+
+        out: dict[str, float] = {}
+        handles = [m.register_forward_hook(self._dead_hook(n)) for n, m in self.relus.items()]
+        was_training = self.net.training
+        self.net.eval()
+        x = self.x_probe.clone().requires_grad_(self.sequence)
+        try:
+            with torch.enable_grad():
+                loss = self.loss_fn(self.net(x).float(), self.y_probe).mean()
+                grads = torch.autograd.grad(
+                    loss,
+                    [x, *self.layers.values()] if self.sequence else list(self.layers.values()),
+                    allow_unused=True,
+                )
+        finally:
+            for h in handles:
+                h.remove()
+            self.net.train(was_training)
+        if self.sequence:
+            per_step = grads[0].detach().flatten(2).norm(dim=2).mean(dim=0)  # (T,)
+            quarter = max(len(per_step) // 4, 1)
+            first, last = per_step[:quarter].mean(), per_step[-quarter:].mean()
+            out["health/grad_first_last_ratio"] = float(first / last.clamp(min=1e-30))
+            grads = grads[1:]
+        for (name, _), g in zip(self.layers.items(), grads, strict=True):
+            if g is not None:
+                out[f"health/grad_norm/{name}"] = float(g.norm())
+        for name, w in self.layers.items():
+            delta = (w.detach() - self._before[name]).norm()
+            out[f"health/update_ratio/{name}"] = float(delta / w.detach().norm().clamp(min=1e-12))
+        for name, frac in self._dead.items():
+            out[f"health/dead_relu_frac/{name}"] = frac
+        if self._dead:
+            out["health/dead_relu_frac"] = max(self._dead.values())
+        self._dead = {}
+        self.snapshot()
+        return out
+
+    def _dead_hook(self, name: str):
+        def hook(module, inputs, output):
+            alive = (
+                (output.detach() > 0).flatten(2).any(dim=2)
+                if output.ndim > 2
+                else output.detach() > 0
+            )
+            self._dead[name] = float(
+                (~alive.any(dim=0)).float().mean()
+            )  # units dead on every sample
+
+        return hook
+
+
+def findings(history: list[dict], conf) -> list[Finding]:
+    """What the per-epoch records show, each with the change to try."""
+    found: list[Finding] = []
+    if not history:
+        return found
+    lr = conf.optim.lr
+    activation = getattr(conf.model, "activation", None)
+
+    dead = [r.get("health/dead_relu_frac", 0.0) for r in history]
+    if dead[-1] >= 0.3:
+        since = next(r["epoch"] for r in history if r.get("health/dead_relu_frac", 0) >= 0.3)
+        layers = {
+            k.rsplit("/", 1)[-1]: v
+            for k, v in history[-1].items()
+            if k.startswith("health/dead_relu_frac/")
+        }
+        worst = max(layers, key=layers.get)
+        found.append(
+            Finding(
+                "dead_relu",
+                f"{layers[worst]:.0%} of the units of layer {worst} are dead since epoch {since} "
+                f"(optim.lr={lr:g} with {activation or 'relu'})",
+                since,
+                "high" if dead[-1] >= 0.5 else "medium",
+                f"try optim.lr={lr / 10:g} or model.activation=leaky_relu",
+            )
+        )
+
+    ratios = [
+        r["health/grad_first_last_ratio"] for r in history if "health/grad_first_last_ratio" in r
+    ]
+    if len(ratios) >= 2 and max(ratios[-2:]) < 1e-3 and conf.model.name == "rnn":
+        found.append(
+            Finding(
+                "vanishing_gradients",
+                f"the gradient reaching the first time steps is {ratios[-1]:.1e} of that at the last ones "
+                f"since epoch {history[0]['epoch']}: vanishing gradients in a plain RNN",
+                history[0]["epoch"],
+                "high",
+                "try model=lstm or model=gru",
+            )
+        )
+
+    clip = conf.trainer.clip.max_norm
+    peak = max(
+        history,
+        key=lambda r: (
+            r.get("grad_norm_max", 0.0) if math.isfinite(r.get("grad_norm_max", 0.0)) else math.inf
+        ),
+    )
+    if clip is None and (
+        peak.get("grad_norm_max", 0) > 1e3 or not math.isfinite(peak.get("grad_norm_max", 0))
+    ):
+        found.append(
+            Finding(
+                "exploding_gradients",
+                f"the gradient norm reached {peak['grad_norm_max']:.1e} in epoch {peak['epoch']} with clipping off",
+                peak["epoch"],
+                "high",
+                "try trainer.clip.max_norm=1.0",
+            )
+        )
+
+    rising = 0
+    for prev, cur in zip(history, history[1:]):
+        rising = (
+            rising + 1
+            if cur["val_loss"] > prev["val_loss"] and cur["train_loss"] < prev["train_loss"]
+            else 0
+        )
+    best = min(history, key=lambda r: r["val_loss"])
+    if rising >= 4 or (
+        len(history) - best["epoch"] >= 5
+        and history[-1]["val_loss"] > 1.2 * best["val_loss"]
+        and history[-1]["train_loss"] < best["train_loss"]
+    ):
+        dropout = getattr(conf.model, "dropout", None)
+        advice = (
+            f"try model.dropout={max(0.2, (dropout or 0) + 0.2):.1f} or more data"
+            if dropout is not None
+            else "try more data or a smaller model"
+        )
+        found.append(
+            Finding(
+                "overfitting",
+                f"validation loss has risen since epoch {best['epoch']} while training loss fell: the model "
+                f"is overfitting; the best checkpoint keeps epoch {best['epoch']}",
+                best["epoch"] + 1,
+                "high" if rising >= 4 else "medium",
+                advice,
+            )
+        )
+    return found
