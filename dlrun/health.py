@@ -183,7 +183,7 @@ def findings(history: list[dict], conf) -> list[Finding]:
         )
 
     rising = 0
-    for prev, cur in zip(history, history[1:]):
+    for prev, cur in zip(history, history[1:], strict=False):
         rising = (
             rising + 1
             if cur["val_loss"] > prev["val_loss"] and cur["train_loss"] < prev["train_loss"]
