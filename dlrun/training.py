@@ -209,7 +209,8 @@ def fit_torch(
         "cross_entropy": torch.nn.CrossEntropyLoss,
         "mse": torch.nn.MSELoss,
         "l1": torch.nn.L1Loss,
-    }[tcfg.loss](reduction="none")
+    }[tcfg.loss]
+    mean_loss, loss_fn = loss_fn(), loss_fn(reduction="none")  # one process / DDP shards
     # Regression networks predict in the target's units (dlrun.nn.TargetScaled); dividing the
     # loss by the target's variance (or std for l1) gives the gradients of a standardized
     # target, so learning rates mean the same whatever the units. Reported losses stay in units.
@@ -264,10 +265,11 @@ def fit_torch(
             model.train()
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
             perm = torch.randperm(n, generator=shuffle).to(device)
-            loss_sum = torch.zeros((), device=device)
+            step_loss = torch.zeros(
+                steps, device=device
+            )  # each step's loss summed over its samples
             norm_sum = torch.zeros((), device=device)
             norm_max = torch.zeros((), device=device)
-            first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss
             for step in range(steps):
                 idx = perm[step * batch : (step + 1) * batch]
                 global_batch = len(idx)
@@ -276,15 +278,19 @@ def fit_torch(
                 xb, yb = x_train[idx], y_train[idx]  # (B, *shape), (B,)
                 with autocast(device, tcfg.precision):
                     out = model(xb)
-                per_sample = loss_fn(out.float(), yb)  # (B,) or (B, T)
-                if per_sample.ndim > 1:
-                    per_sample = per_sample.flatten(1).mean(dim=1)
-                shard_sum = per_sample.sum()
-                # the mean over the global batch: DDP's average over ranks then gives exactly
-                # the single-process gradient, even when the shards differ in size
-                loss = shard_sum * (world / global_batch)
+                if world == 1:
+                    loss = mean_loss(out.float(), yb)
+                    shard_sum = loss.detach() * global_batch
+                else:
+                    per_sample = loss_fn(out.float(), yb)  # (B,) or (B, T)
+                    if per_sample.ndim > 1:
+                        per_sample = per_sample.flatten(1).mean(dim=1)
+                    shard_sum = per_sample.sum()
+                    # the mean over the global batch: DDP's average over ranks then gives
+                    # exactly the single-process gradient, even when the shards differ in size
+                    loss = shard_sum * (world / global_batch)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss / grad_scale).backward()
+                scaler.scale(loss / grad_scale if grad_scale != 1.0 else loss).backward()
                 scaler.unscale_(optimizer)
                 # The norm before clipping is what tells a user whether clipping is needed.
                 norm = get_total_norm([p.grad for p in params if p.grad is not None])
@@ -296,9 +302,7 @@ def fit_torch(
                 scaler.update()
                 if interval == "batch":
                     scheduler.step()
-                bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
-                first_bad = torch.where(bad, step + 1, first_bad)  # on the device: no sync
-                loss_sum += shard_sum.detach()
+                step_loss[step] = shard_sum.detach()  # one small copy, no sync
                 norm_sum += norm
                 norm_max = torch.fmax(norm_max, norm)  # fmax: a NaN step keeps the peak before it
                 if stop.signum is not None and world == 1:  # ranks agree once an epoch
@@ -308,7 +312,7 @@ def fit_torch(
                 # where a resumed run starts again, exactly.
                 epoch -= 1
                 break
-            train_loss = (distributed.all_sum(loss_sum) / seen).item()  # one host sync an epoch
+            train_loss = (distributed.all_sum(step_loss.sum()) / seen).item()  # one sync an epoch
             epoch_train_time = time.perf_counter() - t_epoch
             train_time += epoch_train_time
 
@@ -317,7 +321,7 @@ def fit_torch(
                 exploding = tcfg.clip.max_norm is None and not (peak < 1e3)
                 error = Diverged(
                     f"the training loss became {train_loss} in epoch {epoch}, step "
-                    f"{int(first_bad.item())} of {steps}. Likely causes: a learning rate too high "
+                    f"{first_nonfinite(step_loss)} of {steps}. Likely causes: a learning rate too high "
                     f"(optim.lr={conf.optim.lr}) or no gradient clipping (try "
                     "trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch before it."
                 )
@@ -469,3 +473,11 @@ def rewrite_records(run_dir: Path, records: list[dict]) -> None:
 
     text = "".join(json.dumps(r) + "\n" for r in records)
     atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text), mode="w")
+
+
+def first_nonfinite(step_loss) -> int:
+    """The 1-based step whose loss first was NaN or infinite (read only when a run diverges)."""
+    import torch
+
+    bad = (~torch.isfinite(step_loss)).nonzero()
+    return int(bad[0, 0]) + 1 if len(bad) else len(step_loss)
