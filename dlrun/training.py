@@ -265,11 +265,10 @@ def fit_torch(
             model.train()
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
             perm = torch.randperm(n, generator=shuffle).to(device)
-            step_loss = torch.zeros(
-                steps, device=device
-            )  # each step's loss summed over its samples
-            norm_sum = torch.zeros((), device=device)
-            norm_max = torch.zeros((), device=device)
+            # per-step numbers stay on the device until the epoch's one synchronisation
+            step_loss = torch.zeros(steps, device=device)  # mean loss of each step
+            step_norm = torch.zeros(steps, device=device)  # gradient norm before clipping
+            sizes = torch.zeros(steps, device=device)  # samples in each global batch
             for step in range(steps):
                 idx = perm[step * batch : (step + 1) * batch]
                 global_batch = len(idx)
@@ -280,7 +279,6 @@ def fit_torch(
                     out = model(xb)
                 if world == 1:
                     loss = mean_loss(out.float(), yb)
-                    shard_sum = loss.detach() * global_batch
                 else:
                     per_sample = loss_fn(out.float(), yb)  # (B,) or (B, T)
                     if per_sample.ndim > 1:
@@ -288,23 +286,29 @@ def fit_torch(
                     shard_sum = per_sample.sum()
                     # the mean over the global batch: DDP's average over ranks then gives
                     # exactly the single-process gradient, even when the shards differ in size
-                    loss = shard_sum * (world / global_batch)
+                    loss = shard_sum * (world / global_batch)  # a rank's part of the mean
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss / grad_scale if grad_scale != 1.0 else loss).backward()
-                scaler.unscale_(optimizer)
+                if scaler.is_enabled():  # fp16: scaled backward, then true gradients
+                    scaler.scale(loss / grad_scale).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    (loss / grad_scale if grad_scale != 1.0 else loss).backward()
                 # The norm before clipping is what tells a user whether clipping is needed.
                 norm = get_total_norm([p.grad for p in params if p.grad is not None])
                 if tcfg.clip.max_norm is not None:
                     clip_grads_with_norm_(params, tcfg.clip.max_norm, norm)
                 if tcfg.clip.value is not None:
                     clip_grad_value_(params, tcfg.clip.value)
-                scaler.step(optimizer)
-                scaler.update()
+                if scaler.is_enabled():
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 if interval == "batch":
                     scheduler.step()
-                step_loss[step] = shard_sum.detach()  # one small copy, no sync
-                norm_sum += norm
-                norm_max = torch.fmax(norm_max, norm)  # fmax: a NaN step keeps the peak before it
+                step_loss[step] = loss.detach()  # small copies, no sync
+                step_norm[step] = norm
+                sizes[step] = global_batch
                 if stop.signum is not None and world == 1:  # ranks agree once an epoch
                     break
             if stop.signum is not None and step < steps - 1:
@@ -312,7 +316,13 @@ def fit_torch(
                 # where a resumed run starts again, exactly.
                 epoch -= 1
                 break
-            train_loss = (distributed.all_sum(step_loss.sum()) / seen).item()  # one sync an epoch
+            # the epoch's one host synchronisation; DDP ranks each hold their part of every mean
+            total = distributed.all_sum((step_loss * sizes).sum()) / (world if world > 1 else 1)
+            train_loss = (total / seen).item()
+            norms = step_norm[: step + 1]
+            norm_max = (
+                norms[torch.isfinite(norms)].max() if torch.isfinite(norms).any() else norms.max()
+            )
             epoch_train_time = time.perf_counter() - t_epoch
             train_time += epoch_train_time
 
@@ -346,7 +356,7 @@ def fit_torch(
                 "train_loss": train_loss,
                 **{f"val_{k}": v for k, v in val.items()},
                 "lr": lr,
-                "grad_norm": (norm_sum / steps).item(),
+                "grad_norm": norms.mean().item(),
                 "grad_norm_max": norm_max.item(),
             }
             improved = stopper.update(record[monitor], epoch)
