@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,21 @@ from dlrun.catalog import load_catalog
 from dlrun.cli import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # dlrun's commands in this environment
+
+
+def cli(
+    *args: str, cwd: Path, tool: str = "dlrun", timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run one of dlrun's commands in `cwd`, as a user would."""
+    return subprocess.run(
+        [str(BIN / tool), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
 def make_cfg(*overrides: str):

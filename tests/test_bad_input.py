@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_cfg, train
+from conftest import cli, make_cfg, train
 from dlrun.errors import UserError, describe_hydra_error
-
-DLRUN = str(Path(sys.executable).with_name("dlrun"))
 
 
 def dlrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [DLRUN, *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ),
-    )
+    return cli(*args, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -12,20 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-
-DLRUN = str(Path(sys.executable).with_name("dlrun"))
+from conftest import ROOT, cli
 
 
-def dlrun(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [DLRUN, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+def dlrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return cli(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize(

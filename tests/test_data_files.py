@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import pickle
 import re
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +17,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_cfg, train
+from conftest import cli, make_cfg, train
 from dlrun.data import build_data
 from dlrun.errors import ConfigError, UserError
 from dlrun.registry import get_data
 
-DLRUN = str(Path(sys.executable).with_name("dlrun"))
 CIFAR_NAMES = [
     "airplane",
     "automobile",
@@ -60,9 +57,7 @@ def exactly(message: str) -> str:
 
 
 def dlrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [DLRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=dict(os.environ)
-    )
+    return cli(*args, cwd=cwd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,27 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
-BIN = Path(sys.executable).parent
+from conftest import cli
 
 
 def run(tmp_path: Path, *args: str, tool: str = "dlrun") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / tool), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ),
-    )
+    return cli(*args, cwd=tmp_path, tool=tool)
 
 
 def sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:

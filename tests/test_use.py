@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import make_cfg, train
+from conftest import cli, make_cfg, train
 from dlrun import use
 from dlrun.errors import UserError
-
-BIN = Path(sys.executable).parent
 
 
 def raw_test_samples(*overrides: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,14 +125,7 @@ def test_export_matches_the_original(tmp_path, fmt, model):
 
 def test_cli_tools_give_clear_errors(tmp_path):
     def tool(name: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / name), *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=dict(os.environ),
-        )
+        return cli(*args, cwd=tmp_path, tool=name)
 
     result = tool("dlrun-eval", f"run_dir={tmp_path}")
     assert result.returncode == 2
