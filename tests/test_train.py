@@ -128,6 +128,7 @@ def test_clipping_by_norm_records_the_norm_before_clipping_and_still_learns(tmp_
     clipped, c = train(tmp_path, "trainer.max_epochs=10", "trainer.clip.max_norm=0.1", name="clip")
     records = read_metrics(c)
     assert all(r["grad_norm"] > 0.1 for r in records)  # pre-clip norms, not the clipped 0.1
+    assert all(0.0 < r["clip_frac"] <= 1.0 for r in records)  # share of steps clipping changed
     assert records[-1]["val_loss"] < records[0]["val_loss"]
     assert clipped["test"]["accuracy"] >= 0.9
 
