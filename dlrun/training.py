@@ -357,8 +357,11 @@ def fit_torch(
                 **{f"val_{k}": v for k, v in val.items()},
                 "lr": lr,
                 "grad_norm": norms.mean().item(),
-                **({"clip_frac": (norms > tcfg.clip.max_norm).float().mean().item()}
-                   if tcfg.clip.max_norm is not None else {}),
+                **(
+                    {"clip_frac": (norms > tcfg.clip.max_norm).float().mean().item()}
+                    if tcfg.clip.max_norm is not None
+                    else {}
+                ),
                 "grad_norm_max": norm_max.item(),
             }
             improved = stopper.update(record[monitor], epoch)

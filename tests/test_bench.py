@@ -1,0 +1,22 @@
+"""The benchmark runs and writes its JSON (timings are not asserted: they come from `make bench`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_writes_every_case(tmp_path):
+    from dlrun import bench
+
+    out = tmp_path / "bench.json"
+    bench.main(["--scale", "0.01", "--epochs", "2", "--repeats", "1", "--batch", "64", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [c["case"] for c in result["cases"]] == ["mlp", "lenet5", "lstm"]
+    for case in result["cases"]:
+        assert case["dlrun_s_per_epoch"] > 0 and case["hand_s_per_epoch"] > 0 and case["ratio"] > 0
+        assert "diagnostics_cost" in case
+    assert result["cli"]["help_s"] > 0
