@@ -33,7 +33,7 @@ CASES = [
 ]
 
 
-def make_conf(model: str, batch: int, epochs: int, device: str):
+def make_conf(model: str, batch: int, epochs: int, device: str, *extra: str):
     from hydra import compose, initialize_config_dir
 
     from dlrun.catalog import load_catalog
@@ -49,13 +49,15 @@ def make_conf(model: str, batch: int, epochs: int, device: str):
         "trainer.clip.max_norm=1.0",
         "trainer.early_stopping.patience=null",
         f"trainer.device={device}",
+        *extra,
     ]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return validate(compose(config_name="train", overrides=overrides))
 
 
-def dlrun_epochs(conf, spec, x, y, device) -> list[float]:
-    """Seconds of training steps per epoch in dlrun's loop (dlrun.training.fit_torch)."""
+def dlrun_epochs(conf, spec, x, y, device) -> list[dict]:
+    """dlrun's loop (dlrun.training.fit_torch): each epoch's record (train_time_s: the training
+    steps; epoch_time_s: with validation, diagnostics and checkpoints)."""
     import torch
 
     from dlrun.registry import get_model
@@ -68,7 +70,7 @@ def dlrun_epochs(conf, spec, x, y, device) -> list[float]:
     splits = {"train": (x, y), "val": (x[:512], y[:512])}
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit_torch(model, splits, spec, conf, Path(run_dir), device)
-    return [r["train_time_s"] for r in result.history]
+    return result.history
 
 
 def hand_epochs(conf, spec, x, y, device) -> list[float]:
@@ -165,10 +167,14 @@ def run(scale: float, epochs: int, repeats: int, batches: list[int], device_name
             conf = make_conf(model, batch, epochs, device_name)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            ours, theirs = [], []
-            for _ in range(repeats):  # interleaved
-                ours += dlrun_epochs(conf, spec, x, y, device)[1:]  # the first epoch warms up
+            quiet = make_conf(model, batch, epochs, device_name, "trainer.diagnostics=false")
+            ours, theirs, with_health, without = [], [], [], []
+            for _ in range(repeats):  # interleaved; the first epoch of each run warms up
+                records = dlrun_epochs(conf, spec, x, y, device)[1:]
+                ours += [r["train_time_s"] for r in records]
+                with_health += [r["epoch_time_s"] for r in records]
                 theirs += hand_epochs(conf, spec, x, y, device)[1:]
+                without += [r["epoch_time_s"] for r in dlrun_epochs(quiet, spec, x, y, device)[1:]]
             row = {
                 "case": case,
                 "batch": batch,
@@ -177,12 +183,15 @@ def run(scale: float, epochs: int, repeats: int, batches: list[int], device_name
                 "dlrun_s_per_epoch": statistics.median(ours),
                 "hand_s_per_epoch": statistics.median(theirs),
                 "peak_memory_mb": peak_memory_mb(device),
+                # what the training-health diagnostics add to a whole epoch
+                "diagnostics_cost": statistics.median(with_health) / statistics.median(without) - 1,
             }
             row["ratio"] = row["dlrun_s_per_epoch"] / row["hand_s_per_epoch"]
             rows.append(row)
             print(
                 f"{case:7s} batch {batch:4d}: dlrun {row['dlrun_s_per_epoch']:.3f} s/epoch, hand-written "
-                f"{row['hand_s_per_epoch']:.3f} s/epoch, ratio {row['ratio']:.3f}",
+                f"{row['hand_s_per_epoch']:.3f} s/epoch, ratio {row['ratio']:.3f}; diagnostics "
+                f"{row['diagnostics_cost']:+.1%} of an epoch",
                 flush=True,
             )
     return {
@@ -221,7 +230,17 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args.scale, max(args.epochs, 2), args.repeats, args.batch, args.device)
 
     table = Table(title=f"dlrun vs a hand-written loop ({result['machine']['device']})")
-    for column in ("case", "batch", "samples", "dlrun s/epoch", "hand s/epoch", "ratio", "peak MB"):
+    columns = (
+        "case",
+        "batch",
+        "samples",
+        "dlrun s/epoch",
+        "hand s/epoch",
+        "ratio",
+        "diagnostics",
+        "peak MB",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for r in result["cases"]:
         table.add_row(
@@ -231,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['dlrun_s_per_epoch']:.3f}",
             f"{r['hand_s_per_epoch']:.3f}",
             f"{r['ratio']:.3f}",
+            f"{r['diagnostics_cost']:+.1%}",
             f"{r['peak_memory_mb']:.0f}",
         )
     Console().print(table)
