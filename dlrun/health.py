@@ -182,6 +182,32 @@ def findings(history: list[dict], conf) -> list[Finding]:
             )
         )
 
+    first = history[0]["train_loss"]
+    recent = [r["train_loss"] for r in history[-5:]]
+    if (
+        len(history) >= 5
+        and max(recent) - min(recent) < 0.01 * max(recent)
+        and recent[-1] > 0.5 * first
+    ):
+        updates = [v for k, v in history[-1].items() if k.startswith("health/update_ratio/")]
+        tiny = bool(updates) and max(updates) < 1e-4
+        found.append(
+            Finding(
+                "plateau",
+                f"the training loss has barely moved since epoch {history[-5]['epoch']} "
+                f"({recent[-1]:.4g}, from {first:.4g} at epoch 1): the model is not learning"
+                + (
+                    f"; each epoch changes the weights by under {max(updates):.0e} of their size"
+                    if tiny
+                    else ""
+                ),
+                history[-5]["epoch"],
+                "high" if tiny else "medium",
+                f"try optim.lr={lr * 10:g}"
+                + ("" if tiny else " or another model.activation / optimizer"),
+            )
+        )
+
     rising = 0
     for prev, cur in zip(history, history[1:], strict=False):
         rising = (

@@ -13,7 +13,9 @@ def test_bench_writes_every_case(tmp_path):
     from dlrun import bench
 
     out = tmp_path / "bench.json"
-    bench.main(["--scale", "0.01", "--epochs", "2", "--repeats", "1", "--batch", "64", "--out", str(out)])
+    bench.main(
+        ["--scale", "0.01", "--epochs", "2", "--repeats", "1", "--batch", "64", "--out", str(out)]
+    )
     result = json.loads(out.read_text())
     assert [c["case"] for c in result["cases"]] == ["mlp", "lenet5", "lstm"]
     for case in result["cases"]:

@@ -84,3 +84,12 @@ def test_a_healthy_run_has_no_findings_and_diagnostics_can_be_turned_off(tmp_pat
     assert off["health"] == [] and not any(
         k.startswith("health/") for k in read_metrics(off_dir)[0]
     )
+
+
+def test_a_learning_rate_far_too_low_plateaus(tmp_path):
+    summary, _ = train(tmp_path, "optim=sgd", "optim.lr=1e-6", "trainer.max_epochs=6")
+    finding = kinds(summary)["plateau"]
+    assert finding["advice"] == "try optim.lr=1e-05"
+    assert (
+        "the model is not learning; each epoch changes the weights by under" in finding["message"]
+    )
