@@ -102,7 +102,6 @@ VALID = {
         ["trainer.clip.max_norm=1.0"],
         ["data=iris"],
         ["trainer.batch_size=128"],
-        ["model.n_estimators=5"],
     ],
 }
 INVALID = [
@@ -124,7 +123,10 @@ INVALID = [
 
 
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     model=st.sampled_from(VALID["model"]),
