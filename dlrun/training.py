@@ -195,6 +195,9 @@ def fit_torch(
     if world > 1 and 0 < n % batch < world:
         steps -= 1  # a last batch smaller than the ranks would leave a rank with nothing
     seen = min(steps * batch, n)  # samples per epoch
+    # samples in each global batch (all full but perhaps the last), known before training
+    sizes = torch.full((steps,), float(batch), device=device)
+    sizes[-1] = seen - batch * (steps - 1)
     monitor = tcfg.early_stopping.monitor
     stopper = EarlyStopping(
         tcfg.early_stopping.mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta
@@ -268,7 +271,6 @@ def fit_torch(
             # per-step numbers stay on the device until the epoch's one synchronisation
             step_loss = torch.zeros(steps, device=device)  # mean loss of each step
             step_norm = torch.zeros(steps, device=device)  # gradient norm before clipping
-            sizes = torch.zeros(steps, device=device)  # samples in each global batch
             for step in range(steps):
                 idx = perm[step * batch : (step + 1) * batch]
                 global_batch = len(idx)
@@ -308,7 +310,6 @@ def fit_torch(
                     scheduler.step()
                 step_loss[step] = loss.detach()  # small copies, no sync
                 step_norm[step] = norm
-                sizes[step] = global_batch
                 if stop.signum is not None and world == 1:  # ranks agree once an epoch
                     break
             if stop.signum is not None and step < steps - 1:
