@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install train test test-slow recipes bench lint format clean
+.PHONY: help install train test test-slow test-gpu recipes bench lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: install ## Run the fast test suite (CPU, a few minutes)
 
 test-slow: install ## Run the slow tests too
 	$(BIN)/python -m pytest -m "slow or not slow" $(ARGS)
+
+test-gpu: install ## Run the tests that need a CUDA device (they skip without one)
+	$(BIN)/python -m pytest -m gpu $(ARGS)
 
 recipes: install ## Run every recipe in full and check its expected result (minutes)
 	$(BIN)/python -m dlrun.recipes $(ARGS)

@@ -124,6 +124,12 @@ class TrainerConfig:
     loss: str = setting("auto", choices=("auto", "cross_entropy", "mse", "l1"))  # auto: by task
     resume: Optional[str] = None  # a run folder or checkpoint to continue, or auto (the latest)
     diagnostics: bool = True  # training-health signals per epoch and findings (dlrun.health)
+    # CUDA speed-ups (ignored on other devices). cuda_graphs: capture each whole training step
+    # (forward, backward, clipping, optimizer) as a CUDA graph and replay it; auto: wherever that
+    # is safe (the log says why not where it is not).
+    cuda_graphs: str = setting("auto", choices=("auto", "on", "off"))
+    compile: str = setting("off", choices=("off", "default", "reduce-overhead", "max-autotune"))
+    channels_last: str = setting("auto", choices=("auto", "on", "off"))  # auto: with bf16/16
     seed: int = II("seed")  # weights, dropout and batch order
 
 

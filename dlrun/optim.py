@@ -81,10 +81,12 @@ OPTIMIZERS = {
 }
 
 
-def build_optimizer(cfg: OptimConfig, params, device_type: str = "cpu"):
+def build_optimizer(cfg: OptimConfig, params, device_type: str = "cpu", **extra):
+    """The optimizer `cfg` names; `extra` adds constructor options (capturable, fused) that
+    dlrun.graphs asks for when training steps are captured as CUDA graphs."""
     import torch
 
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **extra}
     if cfg.name == "sgd":
         return torch.optim.SGD(params, **common)
     if cfg.name == "momentum":
@@ -103,9 +105,10 @@ def build_optimizer(cfg: OptimConfig, params, device_type: str = "cpu"):
             **common,
         )
     # Adam and AdamW: the fused CUDA kernels where the parameters live on a GPU.
-    fused = {"fused": True} if device_type == "cuda" else {}
+    if device_type == "cuda":
+        common.setdefault("fused", True)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, betas=tuple(cfg.betas), eps=cfg.eps, amsgrad=cfg.amsgrad, **common, **fused)
+    return cls(params, betas=tuple(cfg.betas), eps=cfg.eps, amsgrad=cfg.amsgrad, **common)
 
 
 # ---------------------------------------------------------------------------------- schedulers

@@ -151,6 +151,8 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             if result.train_time_s
             else 0.0,
             "device": str(device),
+            "cuda_graphs": result.cuda_graphs,
+            "startup_s": result.startup_s,
             "versions": versions(),
             "run_dir": str(run_dir),
             "health": health,
@@ -237,7 +239,7 @@ def prepare(conf) -> Prepared:
     """Seed, build the data, bridge it to the model's input, and pick the device."""
     from dlrun.data import adapt, build_data
     from dlrun.registry import get_model
-    from dlrun.training import resolve_device, seed_everything
+    from dlrun.training import job_device, seed_everything
 
     seed_everything(conf.seed)
     data = build_data(conf.data)
@@ -248,7 +250,7 @@ def prepare(conf) -> Prepared:
         data = data.resized(size)
         spec = data.spec.view(entry.takes)
     check_task_settings(conf, spec)
-    device = resolve_device(conf.trainer.device)
+    device = job_device(conf.trainer.device)  # a sweep's jobs each on their own GPU
     if conf.trainer.precision == "16" and device.type != "cuda":
         raise ConfigError(
             f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32."

@@ -64,6 +64,8 @@ class FitResult:
     train_time_s: float  # time in training steps only (no validation, no checkpoints)
     samples_seen: int
     history: list[dict] = field(default_factory=list)
+    cuda_graphs: bool = False  # training steps were replayed as CUDA graphs
+    startup_s: float | None = None  # from the process's start to the first training step
 
 
 class GracefulStop:
@@ -134,13 +136,56 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def autocast(device, precision: str):
+def sweep_job_device(name: str, job_num: int | None, gpus: int) -> str:
+    """In a sweep on a machine with several GPUs, job k trains on GPU k mod GPUs, so jobs that a
+    parallel launcher runs at once each have their own device."""
+    if job_num is None or gpus < 2 or name not in ("auto", "cuda"):
+        return name
+    return f"cuda:{job_num % gpus}"
+
+
+def hydra_job_num() -> int | None:
+    """The job's number within a Hydra multirun, None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get().job.num
+
+
+def job_device(name: str):
+    """The device of this run: `resolve_device`, with a sweep's jobs spread over the GPUs."""
+    import torch
+
+    from dlrun import distributed
+
+    if distributed.world_size() == 1 and torch.cuda.is_available():
+        name = sweep_job_device(name, hydra_job_num(), torch.cuda.device_count())
+    return resolve_device(name)
+
+
+def autocast(device, precision: str, cache: bool = True):
+    """Mixed precision for bf16 / 16. `cache=False` inside a CUDA graph capture (autocast's
+    cache of cast weights would outlive the capture)."""
     import torch
 
     if precision == "32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+def uses_channels_last(tcfg, device, net) -> bool:
+    """Channels-last memory for convolutional networks on CUDA: auto turns it on with bf16 or
+    16-bit precision, where tensor-core convolutions want it."""
+    import torch
+
+    if device.type != "cuda" or tcfg.channels_last == "off":
+        return False
+    if not any(isinstance(m, torch.nn.Conv2d) for m in net.modules()):
+        return False
+    return tcfg.channels_last == "on" or tcfg.precision in ("bf16", "16")
 
 
 def predict(model, x, task: str, precision: str = "32", batch_size: int = EVAL_BATCH) -> np.ndarray:
@@ -171,18 +216,29 @@ def fit_torch(
     from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
     from dlrun import distributed
+    from dlrun.graphs import GraphedSteps, graph_plan, optimizer_options, pin_lr, tensor_lr
 
     tcfg = conf.trainer
     net = model.to(device)  # the network itself; `model` is what trains (DDP-wrapped on N ranks)
     world = distributed.world_size() if distributed.active() else 1
     rank = distributed.rank() if world > 1 else 0
     main = rank == 0
+    channels_last = uses_channels_last(tcfg, device, net)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [device.index] if device.type == "cuda" else None
         model = DistributedDataParallel(net, device_ids=device_ids)
+    if tcfg.compile != "off":
+        model = torch.compile(model, mode=None if tcfg.compile == "default" else tcfg.compile)
+    graphed, why_not = graph_plan(conf, device, world, net)
+    if why_not is not None:
+        log.info("CUDA graphs off: %s", why_not)
     x_train = torch.as_tensor(splits["train"][0], device=device)
+    if channels_last and x_train.ndim == 4:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     y_train = torch.as_tensor(splits["train"][1], device=device)
     if spec.task == "regression":
         y_train = y_train.reshape(len(y_train), -1)  # (N, T), as the network predicts
@@ -203,7 +259,10 @@ def fit_torch(
         tcfg.early_stopping.mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta
     )
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = build_optimizer(conf.optim, params, device.type)
+    optimizer = build_optimizer(conf.optim, params, device.type, **optimizer_options(conf, graphed))
+    lr_tensors = None
+    if graphed and conf.sched.name != "none":
+        lr_tensors = tensor_lr(optimizer, device)  # a scheduler's new rates reach the graphs
     scheduler = build_scheduler(
         conf.sched, optimizer, max_epochs=tcfg.max_epochs, steps_per_epoch=steps, mode=stopper.mode
     )
@@ -237,6 +296,8 @@ def fit_torch(
         if scheduler is not None and resume["scheduler"] is not None:
             scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
+        if lr_tensors is not None:  # load_state_dict put back the saved numbers
+            lr_tensors = tensor_lr(optimizer, device)
         stopping = resume["early_stopping"]
         stopper.best, stopper.best_epoch, stopper.wait = (
             stopping["best"],
@@ -259,7 +320,68 @@ def fit_torch(
             y_probe = y_probe.reshape(len(y_probe), -1)
         health = Monitor(net, x_val[:PROBE], y_probe, loss_fn, sequence=len(spec.shape) == 2)
     metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
+
+    # per-step numbers stay on the device until the epoch's one synchronisation
+    step_loss = torch.zeros(steps, device=device)  # mean loss of each step
+    step_norm = torch.zeros(steps, device=device)  # gradient norm before clipping
+
+    def train_step(idx):
+        """One step on the samples `idx` (a device index tensor); returns the step's mean loss
+        and its gradient norm before clipping, as device scalars (no host synchronisation)."""
+        global_batch = len(idx)
+        if world > 1:
+            idx = idx[rank::world]  # this rank's share of the global batch
+        xb, yb = x_train[idx], y_train[idx]  # (B, *shape), (B,)
+        with autocast(device, tcfg.precision, cache=not graphed):
+            out = model(xb)
+        if world == 1:
+            loss = mean_loss(out.float(), yb)
+        else:
+            per_sample = loss_fn(out.float(), yb)  # (B,) or (B, T)
+            if per_sample.ndim > 1:
+                per_sample = per_sample.flatten(1).mean(dim=1)
+            shard_sum = per_sample.sum()
+            # the mean over the global batch: DDP's average over ranks then gives exactly the
+            # single-process gradient, even when the shards differ in size
+            loss = shard_sum * (world / global_batch)  # a rank's part of the mean
+        # a captured step needs its gradient buffers to stay where they are
+        optimizer.zero_grad(set_to_none=not graphed)
+        if scaler.is_enabled():  # fp16: scaled backward, then true gradients
+            scaler.scale(loss / grad_scale).backward()
+            scaler.unscale_(optimizer)
+        else:
+            (loss / grad_scale if grad_scale != 1.0 else loss).backward()
+        # The norm before clipping is what tells a user whether clipping is needed.
+        norm = get_total_norm([p.grad for p in params if p.grad is not None])
+        if tcfg.clip.max_norm is not None:
+            clip_grads_with_norm_(params, tcfg.clip.max_norm, norm)
+        if tcfg.clip.value is not None:
+            clip_grad_value_(params, tcfg.clip.value)
+        if scaler.is_enabled():
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return loss.detach(), norm
+
+    run_steps = None
+    if graphed:
+        # static buffers a captured step reads: the epoch's order and the step counter
+        order = torch.zeros(n, dtype=torch.long, device=device)
+        counter = torch.zeros(1, dtype=torch.long, device=device)
+        offsets = torch.arange(batch, device=device)
+
+        def body(size: int) -> None:
+            idx = order[counter * batch + offsets[:size]]
+            loss, norm = train_step(idx)
+            step_loss.index_copy_(0, counter, loss.reshape(1))
+            step_norm.index_copy_(0, counter, norm.reshape(1).to(step_norm.dtype))
+            counter.add_(1)
+
+        run_steps = GraphedSteps(body, device)
+
     epoch = start - 1
+    startup = process_age()
     stop = GracefulStop()
     try:
         stop.__enter__()
@@ -267,49 +389,20 @@ def fit_torch(
             t_epoch = time.perf_counter()
             model.train()
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
+            lr = float(lr)
             perm = torch.randperm(n, generator=shuffle).to(device)
-            # per-step numbers stay on the device until the epoch's one synchronisation
-            step_loss = torch.zeros(steps, device=device)  # mean loss of each step
-            step_norm = torch.zeros(steps, device=device)  # gradient norm before clipping
+            if run_steps is not None:
+                order.copy_(perm)
+                counter.zero_()
             for step in range(steps):
-                idx = perm[step * batch : (step + 1) * batch]
-                global_batch = len(idx)
-                if world > 1:
-                    idx = idx[rank::world]  # this rank's share of the global batch
-                xb, yb = x_train[idx], y_train[idx]  # (B, *shape), (B,)
-                with autocast(device, tcfg.precision):
-                    out = model(xb)
-                if world == 1:
-                    loss = mean_loss(out.float(), yb)
+                if run_steps is not None:  # replayed: the graph reads order and counter
+                    run_steps(min(batch, seen - step * batch))
                 else:
-                    per_sample = loss_fn(out.float(), yb)  # (B,) or (B, T)
-                    if per_sample.ndim > 1:
-                        per_sample = per_sample.flatten(1).mean(dim=1)
-                    shard_sum = per_sample.sum()
-                    # the mean over the global batch: DDP's average over ranks then gives
-                    # exactly the single-process gradient, even when the shards differ in size
-                    loss = shard_sum * (world / global_batch)  # a rank's part of the mean
-                optimizer.zero_grad(set_to_none=True)
-                if scaler.is_enabled():  # fp16: scaled backward, then true gradients
-                    scaler.scale(loss / grad_scale).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    (loss / grad_scale if grad_scale != 1.0 else loss).backward()
-                # The norm before clipping is what tells a user whether clipping is needed.
-                norm = get_total_norm([p.grad for p in params if p.grad is not None])
-                if tcfg.clip.max_norm is not None:
-                    clip_grads_with_norm_(params, tcfg.clip.max_norm, norm)
-                if tcfg.clip.value is not None:
-                    clip_grad_value_(params, tcfg.clip.value)
-                if scaler.is_enabled():
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                    loss, norm = train_step(perm[step * batch : (step + 1) * batch])
+                    step_loss[step] = loss  # small copies, no sync
+                    step_norm[step] = norm
                 if interval == "batch":
                     scheduler.step()
-                step_loss[step] = loss.detach()  # small copies, no sync
-                step_norm[step] = norm
                 if stop.signum is not None and world == 1:  # ranks agree once an epoch
                     break
             if stop.signum is not None and step < steps - 1:
@@ -371,6 +464,8 @@ def fit_torch(
                 scheduler.step()
             elif interval == "metric":
                 scheduler.step(record[monitor])
+            if lr_tensors is not None:
+                pin_lr(optimizer, lr_tensors)
             state = {
                 "epoch": epoch,
                 "model": net.state_dict(),
@@ -387,7 +482,9 @@ def fit_torch(
                 "config": config,
             }
             if health is not None:
+                t_health = time.perf_counter()
                 record.update(health.measure())  # one probe batch: no cost in the steps
+                record["diagnostics_s"] = time.perf_counter() - t_health
             record["train_time_s"] = epoch_train_time  # the training steps alone
             record["epoch_time_s"] = time.perf_counter() - t_epoch
             history.append(record)
@@ -441,7 +538,23 @@ def fit_torch(
         train_time_s=train_time,
         samples_seen=seen * epoch,
         history=history,
+        cuda_graphs=run_steps is not None and bool(run_steps.graphs) and not run_steps.failed,
+        startup_s=startup,
     )
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux; None elsewhere)."""
+    import os
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def conf_dict(conf) -> dict:

@@ -1,0 +1,193 @@
+"""The CUDA paths: whole-step CUDA graphs, bf16, channels-last, torch.compile, one GPU per sweep
+job. Tests that need a GPU skip without one; the decisions about them are tested everywhere."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from conftest import make_cfg, read_metrics, train
+from dlrun.graphs import graph_plan
+from dlrun.training import sweep_job_device
+from dlrun.validate import validate
+
+def cuda(test):
+    """A test that needs a GPU: marked `gpu` (`make test-gpu`), skipped where there is none."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    return pytest.mark.gpu(skip(test))
+
+SMALL = ("trainer.max_epochs=3", "trainer.early_stopping.patience=null")
+
+
+def plan(*overrides: str, device: str = "cuda", world: int = 1):
+    conf = validate(make_cfg(*overrides))
+    return graph_plan(conf, torch.device(device), world, torch.nn.Linear(2, 2))
+
+
+def test_graphs_on_by_default_where_safe():
+    assert plan() == (True, None)
+    assert plan("model=lstm", "optim=momentum", "sched=step") == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("trainer.precision=16", "fp16 loss scaling"),
+        ("optim=adagrad", "optim=adagrad keeps its state on the host"),
+        ("sched=onecycle", "sched=onecycle changes the momentum"),
+        ("trainer.compile=reduce-overhead", "makes its own CUDA graphs"),
+    ],
+)
+def test_graphs_off_with_a_reason(override, reason):
+    enabled, why = plan(override)
+    assert not enabled and reason in why
+
+
+def test_graphs_off_under_ddp_and_on_request():
+    enabled, why = plan(world=2)
+    assert not enabled and "DistributedDataParallel" in why
+    assert plan("trainer.cuda_graphs=off") == (False, None)
+    # auto on a CPU says nothing; asking for them on a CPU says why they are off
+    assert plan(device="cpu") == (False, None)
+    enabled, why = plan("trainer.cuda_graphs=on", device="cpu")
+    assert not enabled and "needs a CUDA device" in why
+
+
+def test_bad_cuda_graphs_value_is_one_clear_message():
+    from dlrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer.cuda_graphs must be one of: auto, on, off"):
+        validate(make_cfg("trainer.cuda_graphs=maybe"))
+
+
+def test_asking_for_graphs_on_the_cpu_logs_why_and_trains(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        summary, _ = train(tmp_path, "trainer.device=cpu", "trainer.cuda_graphs=on", *SMALL)
+    assert "CUDA graphs off: trainer.cuda_graphs=on needs a CUDA device" in caplog.text
+    assert summary["cuda_graphs"] is False and summary["test"]["accuracy"] > 0.9
+
+
+def test_sweep_jobs_spread_over_gpus():
+    assert [sweep_job_device("auto", k, 4) for k in range(6)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:3",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert sweep_job_device("cuda", 3, 2) == "cuda:1"
+    assert sweep_job_device("auto", None, 4) == "auto"  # not a sweep
+    assert sweep_job_device("auto", 3, 1) == "auto"  # one GPU: every job on it
+    assert sweep_job_device("cpu", 3, 4) == "cpu"
+    assert sweep_job_device("cuda:1", 3, 4) == "cuda:1"  # a device the user named
+
+
+# ------------------------------------------------------------------------------ on a GPU only
+
+
+def graphs_match_eager(tmp_path, *overrides: str, rtol: float = 1e-4):
+    on, on_dir = train(tmp_path, "trainer.device=cuda", *SMALL, *overrides, name="graphs")
+    off, off_dir = train(
+        tmp_path,
+        "trainer.device=cuda",
+        "trainer.cuda_graphs=off",
+        *SMALL,
+        *overrides,
+        name="eager",
+    )
+    assert on["cuda_graphs"] is True and off["cuda_graphs"] is False
+    for a, b in zip(read_metrics(on_dir), read_metrics(off_dir), strict=True):
+        for key in ("train_loss", "val_loss", "grad_norm", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=rtol), (key, a["epoch"])
+    return on, read_metrics(on_dir)
+
+
+@cuda
+def test_cuda_graphs_mlp_matches_eager(tmp_path):
+    summary, _ = graphs_match_eager(tmp_path, "trainer.clip.max_norm=1.0")
+    assert summary["test"]["accuracy"] > 0.9
+
+
+@cuda
+def test_cuda_graphs_lenet5_sgd_step_schedule(tmp_path):
+    """SGD with momentum (fused, tensor learning rate) under a step schedule, last partial batch
+    replayed from its own graph: same numbers as eager, and the schedule reaches the graph."""
+    summary, records = graphs_match_eager(
+        tmp_path,
+        "model=lenet5",
+        "optim=momentum",
+        "sched=step",
+        "sched.step_size=1",
+        "sched.gamma=0.5",
+        "trainer.batch_size=100",  # 1293 training samples: a last batch of 93
+    )
+    assert [r["lr"] for r in records] == pytest.approx([0.05, 0.025, 0.0125])
+    assert summary["test"]["accuracy"] > 0.8
+
+
+@cuda
+def test_cuda_graphs_lstm_matches_eager(tmp_path):
+    graphs_match_eager(tmp_path, "model=lstm", "trainer.clip.max_norm=1.0", rtol=1e-3)
+
+
+@cuda
+def test_bf16_channels_last_lenet5(tmp_path):
+    summary, _ = train(
+        tmp_path, "model=lenet5", "trainer.device=cuda", "trainer.precision=bf16", *SMALL
+    )
+    assert summary["cuda_graphs"] is True
+    assert summary["test"]["accuracy"] > 0.9
+
+
+@cuda
+def test_compile_default(tmp_path):
+    summary, _ = train(tmp_path, "trainer.device=cuda", "trainer.compile=default", *SMALL)
+    assert summary["cuda_graphs"] is False
+    assert summary["test"]["accuracy"] > 0.9
+
+
+@cuda
+def test_xgboost_on_the_gpu(tmp_path):
+    pytest.importorskip("xgboost")
+    summary, _ = train(tmp_path, "model=xgboost", "trainer.device=cuda")
+    assert summary["device"].startswith("cuda") and summary["test"]["accuracy"] > 0.9
+
+
+def test_graph_step_body_trains_exactly_like_the_eager_loop(tmp_path, monkeypatch):
+    """The step a CUDA graph records (batch gathered from the epoch's order by a device step
+    counter, loss and norm written into the epoch's buffers) run eagerly on the CPU: the same
+    numbers as the plain loop, with a last partial batch."""
+    import dlrun.graphs
+
+    class Eager:  # GraphedSteps without the capture
+        def __init__(self, body, device):
+            self.body, self.graphs, self.failed, self.sizes = body, {}, None, []
+
+        def __call__(self, size):
+            self.sizes.append(size)
+            self.body(size)
+
+    made = []
+    monkeypatch.setattr(dlrun.graphs, "graph_plan", lambda *a: (True, None))
+    monkeypatch.setattr(dlrun.graphs, "optimizer_options", lambda *a: {})  # capturable: CUDA only
+    monkeypatch.setattr(
+        dlrun.graphs,
+        "GraphedSteps",
+        lambda body, device: made.append(Eager(body, device)) or made[-1],
+    )
+    overrides = (
+        "trainer.device=cpu",
+        "trainer.batch_size=100",
+        "trainer.clip.max_norm=1.0",
+        *SMALL,
+    )
+    _, body_dir = train(tmp_path, *overrides, name="body")
+    monkeypatch.undo()
+    _, eager_dir = train(tmp_path, *overrides, name="eager")
+    assert made and made[0].sizes[:14] == [100] * 12 + [93, 100]  # 1293 samples an epoch
+    for a, b in zip(read_metrics(body_dir), read_metrics(eager_dir), strict=True):
+        for key in ("train_loss", "val_loss", "grad_norm", "grad_norm_max", "clip_frac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
