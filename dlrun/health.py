@@ -63,18 +63,27 @@ class Monitor:
         self.snapshot()
 
     def snapshot(self) -> None:
-        self._before = {n: w.detach().clone() for n, w in self.layers.items()}
-
-    def measure(self) -> dict[str, float]:
         import torch
 
-        out: dict[str, float] = {}
+        weights = [w.detach() for w in self.layers.values()]
+        if self._before:  # reuse the copies: no new allocation each epoch
+            torch._foreach_copy_(list(self._before.values()), weights)
+        else:
+            self._before = {n: w.clone() for n, w in zip(self.layers, weights, strict=True)}
+
+    def measure(self) -> dict[str, float]:
+        """The epoch's numbers: computed on the device, read with one synchronisation."""
+        import torch
+
+        values: dict[str, object] = {}  # name -> 0-d device tensor
         handles = [m.register_forward_hook(self._dead_hook(n)) for n, m in self.relus.items()]
         was_training = self.net.training
         self.net.eval()
         x = self.x_probe.clone().requires_grad_(self.sequence)
+        # cuDNN's RNN has no backward in eval mode; the probe uses the native kernels there
+        no_cudnn = self.sequence and x.is_cuda
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.backends.cudnn.flags(enabled=not no_cudnn):
                 loss = self.loss_fn(self.net(x).float(), self.y_probe).mean()
                 grads = torch.autograd.grad(
                     loss,
@@ -89,21 +98,25 @@ class Monitor:
             per_step = grads[0].detach().flatten(2).norm(dim=2).mean(dim=0)  # (T,)
             quarter = max(len(per_step) // 4, 1)
             first, last = per_step[:quarter].mean(), per_step[-quarter:].mean()
-            out["health/grad_first_last_ratio"] = float(first / last.clamp(min=1e-30))
+            values["health/grad_first_last_ratio"] = first / last.clamp(min=1e-30)
             grads = grads[1:]
-        for (name, _), g in zip(self.layers.items(), grads, strict=True):
-            if g is not None:
-                out[f"health/grad_norm/{name}"] = float(g.norm())
-        for name, w in self.layers.items():
-            delta = (w.detach() - self._before[name]).norm()
-            out[f"health/update_ratio/{name}"] = float(delta / w.detach().norm().clamp(min=1e-12))
+        named = [(n, g) for n, g in zip(self.layers, grads, strict=True) if g is not None]
+        for (name, _), norm in zip(named, torch._foreach_norm([g for _, g in named]), strict=True):
+            values[f"health/grad_norm/{name}"] = norm
+        weights = [w.detach() for w in self.layers.values()]
+        deltas = torch._foreach_norm(torch._foreach_sub(weights, list(self._before.values())))
+        for name, delta, norm in zip(
+            self.layers, deltas, torch._foreach_norm(weights), strict=True
+        ):
+            values[f"health/update_ratio/{name}"] = delta / norm.clamp(min=1e-12)
         for name, frac in self._dead.items():
-            out[f"health/dead_relu_frac/{name}"] = frac
+            values[f"health/dead_relu_frac/{name}"] = frac
         if self._dead:
-            out["health/dead_relu_frac"] = max(self._dead.values())
+            values["health/dead_relu_frac"] = torch.stack(list(self._dead.values())).max()
         self._dead = {}
         self.snapshot()
-        return out
+        numbers = torch.stack([v.float().reshape(()) for v in values.values()]).tolist()
+        return dict(zip(values, numbers, strict=True))
 
     def _dead_hook(self, name: str):
         def hook(module, inputs, output):
@@ -112,9 +125,7 @@ class Monitor:
                 if output.ndim > 2
                 else output.detach() > 0
             )
-            self._dead[name] = float(
-                (~alive.any(dim=0)).float().mean()
-            )  # units dead on every sample
+            self._dead[name] = (~alive.any(dim=0)).float().mean()  # units dead on every sample
 
         return hook
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrun import STARTED
 from dlrun.checkpoints import load_checkpoint, save_checkpoint
 from dlrun.errors import Diverged, Interrupted
 from dlrun.metrics import compute_metrics
@@ -65,7 +66,7 @@ class FitResult:
     samples_seen: int
     history: list[dict] = field(default_factory=list)
     cuda_graphs: bool = False  # training steps were replayed as CUDA graphs
-    startup_s: float | None = None  # from the process's start to the first training step
+    startup_s: float | None = None  # from dlrun's start (its import) to the first training step
 
 
 class GracefulStop:
@@ -369,10 +370,12 @@ def fit_torch(
         # static buffers a captured step reads: the epoch's order and the step counter
         order = torch.zeros(n, dtype=torch.long, device=device)
         counter = torch.zeros(1, dtype=torch.long, device=device)
-        offsets = torch.arange(batch, device=device)
+        full = seen // batch  # full batches an epoch
+        rows = order[: full * batch].view(full, batch)  # step k's samples: row k
 
         def body(size: int) -> None:
-            idx = order[counter * batch + offsets[:size]]
+            # a full batch picks its row by the counter; the last partial batch is the tail
+            idx = rows.index_select(0, counter).view(-1) if size == batch else order[full * batch :]
             loss, norm = train_step(idx)
             step_loss.index_copy_(0, counter, loss.reshape(1))
             step_norm.index_copy_(0, counter, norm.reshape(1).to(step_norm.dtype))
@@ -381,7 +384,7 @@ def fit_torch(
         run_steps = GraphedSteps(body, device)
 
     epoch = start - 1
-    startup = process_age()
+    startup = time.perf_counter() - STARTED
     stop = GracefulStop()
     try:
         stop.__enter__()
@@ -541,20 +544,6 @@ def fit_torch(
         cuda_graphs=run_steps is not None and bool(run_steps.graphs) and not run_steps.failed,
         startup_s=startup,
     )
-
-
-def process_age() -> float | None:
-    """Seconds since this process started (Linux; None elsewhere)."""
-    import os
-
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime", encoding="ascii") as f:
-            uptime = float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def conf_dict(conf) -> dict:
