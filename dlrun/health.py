@@ -12,8 +12,11 @@ clipping, train and validation loss) they give findings such as:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
+
+log = logging.getLogger("dlrun")
 
 PROBE = 256  # samples in the probe batch
 
@@ -48,6 +51,12 @@ class Monitor:
     relus: dict = field(default_factory=dict)
     _dead: dict = field(default_factory=dict)
     _before: dict = field(default_factory=dict)
+    _runs: int = 0
+    _graph: object = None  # the probe as a CUDA graph (CUDA only)
+    _graph_failed: bool = False
+    _stream: object = None
+    _names: list = field(default_factory=list)
+    _packed: object = None
 
     def __post_init__(self):
         from torch import nn
@@ -72,18 +81,62 @@ class Monitor:
             self._before = {n: w.clone() for n, w in zip(self.layers, weights, strict=True)}
 
     def measure(self) -> dict[str, float]:
-        """The epoch's numbers: computed on the device, read with one synchronisation."""
+        """The epoch's numbers: computed on the device, read with one synchronisation. On CUDA
+        the probe is captured as a CUDA graph after its first run and replayed after that."""
         import torch
+
+        if self._graph is not None:
+            self._graph.replay()
+            names, packed = self._names, self._packed
+        elif self.x_probe.is_cuda and self._runs >= 1 and not self._graph_failed:
+            names, packed = self._capture()
+        elif self.x_probe.is_cuda:  # the first run, on the stream a capture will use
+            self._stream = self._stream or torch.cuda.Stream(self.x_probe.device)
+            self._stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._stream):
+                names, packed = self._probe()
+            torch.cuda.current_stream().wait_stream(self._stream)
+        else:
+            names, packed = self._probe()
+        self._runs += 1
+        return dict(zip(names, packed.tolist(), strict=True))
+
+    def _capture(self):
+        import torch
+
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        try:
+            with torch.cuda.graph(graph, stream=self._stream):
+                names, packed = self._probe()
+        except Exception as ex:  # go on without a graph: the numbers are the same
+            torch.cuda.synchronize()
+            self._graph_failed = True
+            log.info("health probe: CUDA graph capture failed (%s); measured eagerly", ex)
+            return self._probe()
+        self._graph, self._names, self._packed = graph, names, packed
+        graph.replay()
+        return names, packed
+
+    def _probe(self):
+        """Forward and backward of the probe batch, every number of the epoch in one tensor:
+        (names, packed values). Reads nothing back to the host (it may be captured)."""
+        import torch
+        from torch import nn
 
         values: dict[str, object] = {}  # name -> 0-d device tensor
         handles = [m.register_forward_hook(self._dead_hook(n)) for n, m in self.relus.items()]
         was_training = self.net.training
         self.net.eval()
+        # cuDNN's RNN kernels have no backward in eval mode. A recurrent layer without dropout
+        # computes the same in train mode, so it runs there; one with dropout runs natively.
+        rnns = [m for m in self.net.modules() if isinstance(m, nn.RNNBase)]
+        for m in rnns:
+            m.train(m.dropout == 0 or m.num_layers == 1)
+        native = any(m.training is False for m in rnns) and self.x_probe.is_cuda
         x = self.x_probe.clone().requires_grad_(self.sequence)
-        # cuDNN's RNN has no backward in eval mode; the probe uses the native kernels there
-        no_cudnn = self.sequence and x.is_cuda
         try:
-            with torch.enable_grad(), torch.backends.cudnn.flags(enabled=not no_cudnn):
+            with torch.enable_grad(), torch.backends.cudnn.flags(enabled=not native):
                 loss = self.loss_fn(self.net(x).float(), self.y_probe).mean()
                 grads = torch.autograd.grad(
                     loss,
@@ -115,8 +168,7 @@ class Monitor:
             values["health/dead_relu_frac"] = torch.stack(list(self._dead.values())).max()
         self._dead = {}
         self.snapshot()
-        numbers = torch.stack([v.float().reshape(()) for v in values.values()]).tolist()
-        return dict(zip(values, numbers, strict=True))
+        return list(values), torch.stack([v.float().reshape(()) for v in values.values()])
 
     def _dead_hook(self, name: str):
         def hook(module, inputs, output):
