@@ -92,13 +92,10 @@ def test_mnist_reads_torchvision_idx_files_and_keeps_its_test_set(tmp_path):
     root = tmp_path / "mnist"
     y_train, y_test = write_mnist(root)
     raw = load("data=mnist", f"data.root={root}")
-    assert raw.x.shape == (120, 1, 28, 28) and raw.x.dtype == np.float32
-    assert raw.x.min() >= 0.0 and raw.x.max() <= 1.0
+    assert raw.x.shape == (120, 1, 28, 28) and raw.x.dtype == np.uint8 and raw.pixel_max == 255
     assert raw.y.dtype == np.int64 and list(raw.y) == list(y_train) + list(y_test)
-    np.testing.assert_allclose(raw.x[:, 0, 10, 10] * 255, raw.y * 25, atol=1e-4)  # round trip
-    np.testing.assert_allclose(
-        raw.x[:, 0, 27, 27] * 255, list(range(100)) + list(range(20)), atol=1e-4
-    )
+    np.testing.assert_array_equal(raw.x[:, 0, 10, 10], raw.y * 25)  # the file's bytes, as they are
+    np.testing.assert_array_equal(raw.x[:, 0, 27, 27], list(range(100)) + list(range(20)))
     assert list(raw.fixed_split) == ["train"] * 100 + ["test"] * 20
     assert raw.spec.shape == (1, 28, 28) and raw.spec.num_classes == 10
     assert raw.spec.class_names[0] == "0 - zero"  # torchvision's class names
@@ -206,12 +203,12 @@ def test_cifar10_batches_load_as_chw_with_the_official_test_split(tmp_path, monk
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": None})
 
     raw = load("data=cifar10", f"data.root={root}")
-    assert raw.x.shape == (26, 3, 32, 32) and raw.x.dtype == np.float32
+    assert raw.x.shape == (26, 3, 32, 32) and raw.x.dtype == np.uint8 and raw.pixel_max == 255
     assert list(raw.y) == train_labels + test_labels
     assert list(raw.fixed_split) == ["train"] * 20 + ["test"] * 6
-    np.testing.assert_allclose(raw.x[:, 0, 5, 7] * 255, raw.y * 20, atol=1e-4)  # R: the label
-    np.testing.assert_allclose(raw.x[0, 1, :, 3] * 255, np.arange(32), atol=1e-4)  # G: the row
-    assert (raw.x[:20, 2] == 0).all() and (raw.x[20:, 2] == 1).all()  # B: the test batch
+    np.testing.assert_array_equal(raw.x[:, 0, 5, 7], raw.y * 20)  # R: the label
+    np.testing.assert_array_equal(raw.x[0, 1, :, 3], np.arange(32))  # G: the row
+    assert (raw.x[:20, 2] == 0).all() and (raw.x[20:, 2] == 255).all()  # B: the test batch
     assert raw.spec.shape == (3, 32, 32) and raw.spec.class_names == tuple(CIFAR_NAMES)
 
     limited = load("data=cifar10", f"data.root={root}", "data.limit=3")
@@ -253,21 +250,21 @@ def test_image_folder_loads_resizes_and_names_the_classes(tmp_path):
     root = tmp_path / "pets"
     write_image_folder(root)
     raw = load("data=image_folder", f"data.root={root}", "data.image_size=16")
-    assert raw.x.shape == (12, 3, 16, 16) and raw.x.dtype == np.float32
+    assert raw.x.shape == (12, 3, 16, 16) and raw.x.dtype == np.uint8 and raw.pixel_max == 255
     assert raw.spec.class_names == ("cat", "dog", "fox") and raw.spec.shape == (3, 16, 16)
     assert list(raw.y) == [0] * 4 + [1] * 4 + [2] * 4
     for label in range(3):  # the class's colour is its channel
-        np.testing.assert_allclose(raw.x[raw.y == label][:, label], 1.0, atol=1e-6)
+        assert (raw.x[raw.y == label][:, label] == 255).all()
         others = [c for c in range(3) if c != label]
-        np.testing.assert_allclose(raw.x[raw.y == label][:, others], 0.0, atol=1e-6)
+        assert (raw.x[raw.y == label][:, others] == 0).all()
 
     gray = load(
         "data=image_folder", f"data.root={root}", "data.grayscale=true", "data.image_size=8"
     )
     assert gray.x.shape == (12, 1, 8, 8) and gray.spec.shape == (1, 8, 8)
     # PIL's luma: L = R * 299/1000 + G * 587/1000 + B * 114/1000
-    np.testing.assert_allclose(gray.x[gray.y == 0], 76 / 255, atol=1 / 255)
-    np.testing.assert_allclose(gray.x[gray.y == 1], 150 / 255, atol=1 / 255)
+    np.testing.assert_allclose(gray.x[gray.y == 0].astype(int), 76, atol=1)
+    np.testing.assert_allclose(gray.x[gray.y == 1].astype(int), 150, atol=1)
 
     data = module(
         "data=image_folder", f"data.root={root}", "data.test_split=0.25", "data.val_split=0.33"

@@ -3,7 +3,9 @@
 A dataset module registers a loader with `@register_data(name, schema=...)`. The loader returns
 the whole dataset as numpy arrays plus a `DataSpec`; this module makes the same fixed, seeded
 (and for classification stratified) test split and validation split for every model family,
-and normalizes with statistics of the training split only.
+and normalizes with statistics of the training split only. Images also keep their pixels in a
+compact dtype (uint8 for 8-bit pixels) for the training device, which normalizes and augments
+each batch there (`dlrun.data.device`).
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ def adapt(x: np.ndarray, spec: DataSpec, takes: str) -> np.ndarray:
     return np.ascontiguousarray(x.reshape((x.shape[0], *shape)))
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclass
 class DataModule:
-    """Train / val / test splits as numpy arrays (features float32; classes int64 or targets
-    float32), and the spec they share."""
+    """Train / val / test splits as numpy arrays (features float32, normalized and resized;
+    classes int64 or targets float32), and the spec they share. Images also keep `stored`, the
+    samples as they go to the training device (see `dlrun.data.device.device_inputs`)."""
 
     spec: DataSpec
     x_train: np.ndarray
@@ -83,11 +89,21 @@ class DataModule:
     norm: tuple[np.ndarray, np.ndarray] | None = None  # training mean and std
     resize_to: int | None = None  # images resized after normalization (for the model)
     native_shape: tuple[int, ...] | None = None  # one image as loaded, before that resize
+    # Images only: split -> its samples in the storage dtype (data.storage), as loaded (before
+    # scaling, normalization and resize). The device keeps these instead of the float32 arrays.
+    stored: dict[str, np.ndarray] | None = None
+    pixel_max: int | None = None  # whole-number pixels 0..pixel_max (255 for 8-bit), else None
+    augment: Any = None  # data.augment (dlrun.data.device.AugmentConfig): training batches only
 
     def transform(self, x: Any, shown: str = "the input") -> np.ndarray:
-        """New samples, as loaded, prepared exactly as the training samples were."""
+        """New samples, as loaded, prepared exactly as the training samples were (the values
+        `DeviceInputs.take(idx, train=False)` gives). Images may come as the loader's uint8
+        pixels or as floats in [0, 1]."""
         if self.encoder is not None:
             x = self.encoder.transform(x, shown)
+        x = np.asarray(x)
+        if self.pixel_max is not None and x.dtype == np.uint8:
+            x = pixels_to_float(x, self.pixel_max)
         x = np.asarray(x, dtype=np.float32)
         if self.norm is not None:
             x = ((x - self.norm[0]) / self.norm[1]).astype(np.float32)
@@ -102,7 +118,8 @@ class DataModule:
         return {s: len(getattr(self, f"y_{s}")) for s in ("train", "val", "test")}
 
     def resized(self, size: int) -> DataModule:
-        """The same splits with every image resized to size x size (for a model built for it)."""
+        """The same splits with every image resized to size x size (for a model built for it).
+        `stored` keeps the loaded size: the device resizes each batch."""
         c = self.spec.shape[0]
         spec = dataclasses.replace(self.spec, shape=(c, size, size))
         xs = {
@@ -116,7 +133,8 @@ class DataModule:
 class RawData:
     """What a dataset loader returns: every sample, before splitting."""
 
-    x: Any  # (N, *spec.shape) float32 array; or any table that `encode` turns into one
+    # (N, *spec.shape) float32 array (uint8 with pixel_max); or a table `encode` turns into one
+    x: Any
     y: np.ndarray  # (N,) class indices (int64) or targets (float32); (N, T) for T targets
     spec: DataSpec
     # Per-sample 'train' / 'val' / 'test' for data that comes with its own split (MNIST's test
@@ -125,14 +143,19 @@ class RawData:
     # encode(x, train_rows) -> float32 array for every row, fitted on the training rows only
     # (category vocabularies, imputation statistics).
     encode: Callable[[Any, np.ndarray], np.ndarray] | None = None
+    # Images whose pixels are whole numbers 0..pixel_max (255 for 8-bit files) keep them as uint8
+    # in x; their values are x / pixel_max. They are stored that compactly on the device.
+    pixel_max: int | None = None
 
 
 def build_data(cfg) -> DataModule:
     """Load the dataset named by `cfg.name`, split it, and normalize it.
 
     The split depends only on the data, `split_seed`, `test_split` and `val_split`, never on the
-    model, so every model family is scored on the same rows.
+    model, so every model family is scored on the same rows. Images also keep their samples in
+    the dtype `cfg.storage` picks (auto: uint8 for 8-bit pixels), for the training device.
     """
+    from dlrun.data.device import storage_dtype, stored_splits
     from dlrun.registry import get_data
 
     raw = get_data(cfg.name).load(cfg)
@@ -140,7 +163,8 @@ def build_data(cfg) -> DataModule:
         raw = _with_task(raw, cfg.task)
     train, val, test = split_indices(raw, cfg)
     x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
-    xs = [np.asarray(x[rows], dtype=np.float32) for rows in (train, val, test)]
+    pixel_max = raw.pixel_max if raw.encode is None else None
+    xs = [pixels_to_float(x[rows], pixel_max) for rows in (train, val, test)]
     for rows, part in zip((train, val, test), xs, strict=True):
         _check_finite(part, rows, raw.spec.name)
     spec = raw.spec
@@ -149,8 +173,34 @@ def build_data(cfg) -> DataModule:
     norm = _statistics(spec, xs[0]) if cfg.normalize else None
     if norm is not None:
         xs = [((x - norm[0]) / norm[1]).astype(np.float32) for x in xs]
+    stored = None
+    if spec.kind == "image" and raw.encode is None:
+        dtype = storage_dtype(getattr(cfg, "storage", "auto"), pixel_max, spec.name)
+        std = None if norm is None else norm[1]
+        parts = stored_splits(raw.x, (train, val, test), dtype, pixel_max, std, spec.name)
+        stored = dict(zip(SPLITS, parts, strict=True))
     y = raw.y
-    return DataModule(spec, xs[0], y[train], xs[1], y[val], xs[2], y[test], raw.encode, norm)
+    return DataModule(
+        spec,
+        xs[0],
+        y[train],
+        xs[1],
+        y[val],
+        xs[2],
+        y[test],
+        raw.encode,
+        norm,
+        stored=stored,
+        pixel_max=pixel_max,
+        augment=getattr(cfg, "augment", None),
+    )
+
+
+def pixels_to_float(x: np.ndarray, pixel_max: int | None) -> np.ndarray:
+    """float32 samples: whole-number pixels divided by pixel_max (a float32 division, the one
+    the device makes too), anything else as it is."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.float32(pixel_max) if pixel_max is not None else x
 
 
 def _check_finite(x: np.ndarray, rows: np.ndarray, name: str) -> None:

@@ -2,9 +2,11 @@
 torchvision reads (downloaded only with `data.download=true`), and `image_folder`, a folder of
 class folders of images (root/<class>/<image>).
 
-Pixels are float32 in [0, 1], (N, C, H, W); `build_data` normalizes them (data.normalize). The
-official test set of MNIST, Fashion-MNIST and CIFAR-10 is the test split; validation is taken
-from their training set by data.val_split.
+Pixels stay uint8 (N, C, H, W), marked with pixel_max=255: `build_data` gives the float32 arrays
+(pixels / 255, normalized by data.normalize) and keeps the uint8 ones for the training device
+(data.storage, data.augment: dlrun/data/device.py). The official test set of MNIST,
+Fashion-MNIST and CIFAR-10 is the test split; validation is taken from their training set by
+data.val_split.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Optional
 import numpy as np
 from omegaconf import MISSING
 
-from dlrun.config import DataConfig, setting
+from dlrun.config import setting
 from dlrun.data import DataSpec, RawData
+from dlrun.data.device import ImageDataConfig
 from dlrun.errors import UserError
 from dlrun.registry import register_data
 
@@ -32,7 +35,7 @@ CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "ba
 
 
 @dataclass
-class TorchvisionConfig(DataConfig):
+class TorchvisionConfig(ImageDataConfig):
     root: str = MISSING  # the folder torchvision reads; a relative path starts from the cwd
     download: bool = False  # fetch the files into root when they are not there
     limit: Optional[int] = setting(None, lo=1)  # keep the first N training and N test images
@@ -101,8 +104,7 @@ def load_torchvision(cfg: TorchvisionConfig) -> RawData:
     counts = [len(y) for y in labels]
     pixels = np.concatenate(images)
     x = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    x /= 255.0
+    x = np.ascontiguousarray(x, dtype=np.uint8)
     y = np.concatenate(labels)
     fixed_split = np.array(["train"] * counts[0] + ["test"] * counts[1])
     classes = tuple(str(c) for c in train.classes)
@@ -114,7 +116,7 @@ def load_torchvision(cfg: TorchvisionConfig) -> RawData:
         num_classes=len(classes),
         class_names=classes,
     )
-    return RawData(x, y, spec, fixed_split=fixed_split)
+    return RawData(x, y, spec, fixed_split=fixed_split, pixel_max=255)
 
 
 def _open(source: Source, root: Path, download: bool, train: bool):
@@ -202,7 +204,7 @@ for _name, _schema in (
 
 
 @dataclass
-class ImageFolderConfig(DataConfig):
+class ImageFolderConfig(ImageDataConfig):
     name: str = "image_folder"
     root: str = MISSING  # root/<class>/<image>: one folder per class
     image_size: int = setting(32, lo=1)  # every image is resized to image_size x image_size
@@ -211,7 +213,8 @@ class ImageFolderConfig(DataConfig):
 
 @register_data("image_folder", schema=ImageFolderConfig)
 def load_image_folder(cfg: ImageFolderConfig) -> RawData:
-    """Every image, resized and in memory; the classes are the sorted class folder names."""
+    """Every image, resized and in memory as uint8; the classes are the sorted class folder
+    names."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -248,14 +251,14 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
         )
 
     size, mode = cfg.image_size, ("L" if cfg.grayscale else "RGB")
-    x = np.empty((len(folders.samples), 1 if cfg.grayscale else 3, size, size), dtype=np.float32)
+    x = np.empty((len(folders.samples), 1 if cfg.grayscale else 3, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(folders.samples):
         try:
             with Image.open(path) as image:
                 pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
         except (UnidentifiedImageError, OSError) as ex:
             raise UserError(f"data.root: cannot read the image {path}: {ex}") from None
-        array = np.asarray(pixels, dtype=np.float32) / 255.0
+        array = np.asarray(pixels, dtype=np.uint8)  # 8-bit: L or RGB
         x[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     y = np.array([t for _, t in folders.samples], dtype=np.int64)
     classes = tuple(folders.classes)
@@ -267,4 +270,4 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
         num_classes=len(classes),
         class_names=classes,
     )
-    return RawData(x, y, spec)
+    return RawData(x, y, spec, pixel_max=255)
