@@ -60,7 +60,7 @@ def make_conf(model: str, batch: int, epochs: int, device: str, *extra: str):
 
 def dlrun_epochs(conf, spec, x, y, device) -> list[dict]:
     """dlrun's loop (dlrun.training.fit_torch): each epoch's record (train_time_s: the training
-    steps; epoch_time_s: with validation, diagnostics and checkpoints; diagnostics_s)."""
+    steps; epoch_time_s: with validation, diagnostics and checkpoints; health/probe_time_s)."""
     import torch
 
     from dlrun.registry import get_model
@@ -210,7 +210,7 @@ def run(
                 records = dlrun_epochs(conf, spec, x, y, device)[1:]
                 ours += [r["train_time_s"] for r in records]
                 epoch_s += [r["epoch_time_s"] for r in records]
-                health_s += [r["diagnostics_s"] for r in records]
+                health_s += [r["health/probe_time_s"] for r in records]
                 theirs += hand_epochs(conf, spec, x, y, device)[1:]
                 if device.type == "cuda":
                     graphed += hand_epochs(conf, spec, x, y, device, graph=True)[1:]

@@ -90,7 +90,9 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         logger = open_logger(conf.logger if main else None, run_dir)
         try:
             if entry.family == "torch":
-                fitted = fit_network(entry, conf, spec, splits, run_dir, device, logger, resume)
+                fitted = fit_network(
+                    entry, conf, spec, splits, run_dir, device, logger, resume, data=data
+                )
             elif resume is not None:
                 raise ConfigError(
                     f"trainer.resume: {entry.name} has no epochs to resume; train it again."
@@ -310,7 +312,7 @@ def write_plots(run_dir: Path, history: list[dict], monitor: str, spec, y_test, 
         plots.save(figure, run_dir / "confusion_matrix.png")
 
 
-def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume=None):
+def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume=None, data=None):
     """The torch loop; returns (FitResult, predict(x) -> outputs, trainable parameter count)."""
     import numpy as np
     import torch
@@ -339,7 +341,16 @@ def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume
             logger.log(record)
 
         result = fit_torch(
-            model, splits, spec, conf, run_dir, device, progress=on_record, resume=resume
+            model,
+            splits,
+            spec,
+            conf,
+            run_dir,
+            device,
+            progress=on_record,
+            resume=resume,
+            data=data,
+            takes=entry.takes,
         )
 
     def predict_outputs(x):

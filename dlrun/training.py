@@ -206,12 +206,23 @@ def predict(model, x, task: str, precision: str = "32", batch_size: int = EVAL_B
 
 
 def fit_torch(
-    model, splits, spec, conf, run_dir: Path, device, progress=None, resume: dict | None = None
+    model,
+    splits,
+    spec,
+    conf,
+    run_dir: Path,
+    device,
+    progress=None,
+    resume: dict | None = None,
+    data=None,
+    takes: str | None = None,
 ) -> FitResult:
     """Train `model` on splits['train'], monitor splits['val'], keep last.pt and best.pt.
 
     `resume` (a last.pt) continues from its epoch with every state it holds restored, so the run
-    ends where the uninterrupted one would have.
+    ends where the uninterrupted one would have. With `data` (the DataModule) images train from
+    their compact stored form (dlrun.data.device): each batch is scaled, normalized, resized and
+    augmented on the device.
     """
     import torch
     from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
@@ -237,9 +248,16 @@ def fit_torch(
     graphed, why_not = graph_plan(conf, device, world, net)
     if why_not is not None:
         log.info("CUDA graphs off: %s", why_not)
-    x_train = torch.as_tensor(splits["train"][0], device=device)
-    if channels_last and x_train.ndim == 4:
-        x_train = x_train.contiguous(memory_format=torch.channels_last)
+    stored = None  # images kept compact on the device, prepared per batch
+    if data is not None and getattr(data, "stored", None) is not None:
+        from dlrun.data.device import device_inputs
+
+        stored = device_inputs(data, "train", device, takes)
+        x_train = None
+    else:
+        x_train = torch.as_tensor(splits["train"][0], device=device)
+        if channels_last and x_train.ndim == 4:
+            x_train = x_train.contiguous(memory_format=torch.channels_last)
     y_train = torch.as_tensor(splits["train"][1], device=device)
     if spec.task == "regression":
         y_train = y_train.reshape(len(y_train), -1)  # (N, T), as the network predicts
@@ -332,7 +350,13 @@ def fit_torch(
         global_batch = len(idx)
         if world > 1:
             idx = idx[rank::world]  # this rank's share of the global batch
-        xb, yb = x_train[idx], y_train[idx]  # (B, *shape), (B,)
+        if stored is not None:
+            xb = stored.take(idx, train=True)
+            if channels_last and xb.ndim == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+        else:
+            xb = x_train[idx]  # (B, *shape)
+        yb = y_train[idx]  # (B,) or (B, T)
         with autocast(device, tcfg.precision, cache=not graphed):
             out = model(xb)
         if world == 1:
@@ -487,7 +511,7 @@ def fit_torch(
             if health is not None:
                 t_health = time.perf_counter()
                 record.update(health.measure())  # one probe batch: no cost in the steps
-                record["diagnostics_s"] = time.perf_counter() - t_health
+                record["health/probe_time_s"] = time.perf_counter() - t_health
             record["train_time_s"] = epoch_train_time  # the training steps alone
             record["epoch_time_s"] = time.perf_counter() - t_epoch
             history.append(record)

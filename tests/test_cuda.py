@@ -216,3 +216,17 @@ def test_health_probe_replayed_as_a_graph_gives_the_eager_numbers(tmp_path):
         assert keys and "health/grad_first_last_ratio" in keys
         for key in keys:
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-7), key
+
+
+@cuda
+def test_augmented_uint8_images_train_in_cuda_graphs(tmp_path):
+    """Digits stay uint8 on the GPU; flips and shifts are drawn on the device inside the graph."""
+    summary, _ = train(
+        tmp_path,
+        "model=lenet5",
+        "trainer.device=cuda",
+        "data.augment.hflip=true",
+        "data.augment.crop_padding=2",
+        *SMALL,
+    )
+    assert summary["cuda_graphs"] is True and summary["test"]["accuracy"] > 0.7

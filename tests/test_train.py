@@ -280,3 +280,15 @@ def test_tensorboard_logger_writes_events(tmp_path):
     events.Reload()
     losses = [e.value for e in events.Scalars("val/loss")]
     assert losses == pytest.approx([r["val_loss"] for r in read_metrics(run_dir)], rel=1e-6)
+
+
+def test_augmentation_changes_training_and_is_reproducible(tmp_path):
+    base = ("trainer.max_epochs=2", "trainer.diagnostics=false")
+    plain, plain_dir = train(tmp_path, *base, name="plain")
+    aug = ("data.augment.crop_padding=1", "data.augment.hflip=true")
+    first, first_dir = train(tmp_path, *base, *aug, name="aug1")
+    again, again_dir = train(tmp_path, *base, *aug, name="aug2")
+    losses = [[r["train_loss"] for r in read_metrics(d)] for d in (plain_dir, first_dir, again_dir)]
+    assert losses[1] != losses[0]  # the training batches were changed
+    assert losses[1] == losses[2]  # the same seed draws the same changes
+    assert first["test"] == again["test"]
