@@ -90,7 +90,7 @@ def test_sweep_jobs_spread_over_gpus():
 # ------------------------------------------------------------------------------ on a GPU only
 
 
-def graphs_match_eager(tmp_path, *overrides: str, rtol: float = 1e-4):
+def graphs_match_eager(tmp_path, *overrides: str, rtol: float = 1e-4, epochs: int = 3):
     on, on_dir = train(tmp_path, "trainer.device=cuda", *SMALL, *overrides, name="graphs")
     off, off_dir = train(
         tmp_path,
@@ -101,7 +101,8 @@ def graphs_match_eager(tmp_path, *overrides: str, rtol: float = 1e-4):
         name="eager",
     )
     assert on["cuda_graphs"] is True and off["cuda_graphs"] is False
-    for a, b in zip(read_metrics(on_dir), read_metrics(off_dir), strict=True):
+    pairs = list(zip(read_metrics(on_dir), read_metrics(off_dir), strict=True))
+    for a, b in pairs[:epochs]:
         for key in ("train_loss", "val_loss", "grad_norm", "lr"):
             assert a[key] == pytest.approx(b[key], rel=rtol), (key, a["epoch"])
     return on, read_metrics(on_dir)
@@ -125,9 +126,11 @@ def test_cuda_graphs_lenet5_sgd_step_schedule(tmp_path):
         "sched.step_size=1",
         "sched.gamma=0.5",
         "trainer.batch_size=100",  # 1293 training samples: a last batch of 93
-        # cuDNN's benchmark may pick other convolution algorithms in another run, and three
-        # epochs of momentum SGD at lr 0.05 amplify the rounding differences
-        rtol=2e-2,
+        # cuDNN's benchmark may pick other convolution algorithms in another run; by the third
+        # epoch momentum SGD at lr 0.05 has amplified their rounding differences to a few
+        # percent (two eager runs differ as much), so the numbers are compared for two epochs
+        rtol=1e-3,
+        epochs=2,
     )
     assert [r["lr"] for r in records] == pytest.approx([0.05, 0.025, 0.0125])
     assert summary["test"]["accuracy"] > 0.5  # three epochs of decaying SGD: far above chance
