@@ -1,3 +1,3 @@
-from dlrun.cli import main
+from dlrun.command import main
 
 main()

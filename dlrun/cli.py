@@ -17,51 +17,7 @@ from omegaconf import DictConfig
 
 from dlrun import sweep
 from dlrun.catalog import load_catalog
-
-
-def find_config_dir() -> Path:
-    """configs/ ships inside the wheel as dlrun/configs; in a source checkout it sits beside
-    the package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"dlrun's configs/ folder is missing (looked in {here} and {here.parent})"
-    )
-
-
-def config_groups() -> str:
-    """'group: option, option' per line, for `dlrun --help` (the schemas stored beside the
-    options are not choices, so Hydra's own list is not used)."""
-    lines = []
-    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
-        options = sorted(f.stem for f in group.glob("*.yaml"))
-        lines.append(f"{group.name}: {', '.join(options)}")
-    return "\n".join(lines)
-
-
-HELP = """dlrun: train and compare models declared in YAML (Hydra config groups).
-
-Usage:  dlrun [group=option ...] [key=value ...]
-        dlrun -m key=a,b,c ...        (multirun: one job per combination, one leaderboard)
-
-== Config groups (group=option) ==
-{groups}
-
-== Examples ==
-  dlrun                                  the default: an MLP on the bundled digits
-  dlrun model=lenet5 optim=adam          swap config groups
-  dlrun trainer.clip.max_norm=1.0 optim.lr=3e-3 trainer.max_epochs=50
-  dlrun -m optim=sgd,momentum,adam       a sweep
-  dlrun -m hparams_search=mlp_optuna     an Optuna search
-  dlrun trainer.resume=auto              continue the latest interrupted run
-
-  dlrun --cfg job [overrides]            print the whole composed config
-  dlrun-eval / dlrun-predict / dlrun-export run_dir=PATH   use a trained run
-
-Runs are written to outputs/<task_name>/<date>/<time>/. Hydra's own flags: dlrun --hydra-help
-"""
+from dlrun.command import find_config_dir
 
 CONFIG_DIR = find_config_dir()
 load_catalog()  # the schemas must be in Hydra's ConfigStore before it composes
@@ -166,9 +122,9 @@ def main() -> None:
             "hydra/job_logging=disabled",
         ]
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
-        # Our own help: Hydra's lists every option of every group by composing each one, which
-        # takes seconds; this reads the folder names and returns at once.
-        print(HELP.format(groups=config_groups()))
+        from dlrun.command import HELP, config_groups
+
+        print(HELP.format(groups=config_groups(CONFIG_DIR)))
         return
 
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
