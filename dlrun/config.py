@@ -130,6 +130,11 @@ class TrainerConfig:
     cuda_graphs: str = setting("auto", choices=("auto", "on", "off"))
     compile: str = setting("off", choices=("off", "default", "reduce-overhead", "max-autotune"))
     channels_last: str = setting("auto", choices=("auto", "on", "off"))  # auto: with bf16/16
+    # Where training batches come from: device (the whole training split copied to the device
+    # once), stream (a DataLoader with worker processes and pinned memory feeds each batch from
+    # host memory), auto (stream only when the split would take over half the free GPU memory)
+    data_placement: str = setting("auto", choices=("auto", "device", "stream"))
+    workers: int = setting(2, lo=0)  # DataLoader worker processes when streaming
     seed: int = II("seed")  # weights, dropout and batch order
 
 

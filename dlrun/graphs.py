@@ -26,7 +26,7 @@ WARMUP = 2  # eager runs of each batch size before it is captured
 CAPTURABLE = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 
 
-def graph_plan(conf, device, world: int, net) -> tuple[bool, str | None]:
+def graph_plan(conf, device, world: int, net, streaming: bool = False) -> tuple[bool, str | None]:
     """Whether whole steps are captured, and if not, the reason (None where nothing needs
     saying: off on purpose, or not a CUDA device under `auto`)."""
     tcfg = conf.trainer
@@ -42,6 +42,8 @@ def graph_plan(conf, device, world: int, net) -> tuple[bool, str | None]:
     reasons = []
     if world > 1:
         reasons.append("DistributedDataParallel synchronises gradients with the host each step")
+    if streaming:
+        reasons.append("the training data streams from host memory (trainer.data_placement)")
     if tcfg.precision == "16":
         reasons.append("fp16 loss scaling reads the host each step (bf16 does not)")
     if tcfg.compile in ("reduce-overhead", "max-autotune"):

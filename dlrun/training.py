@@ -137,6 +137,20 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def use_stream(placement: str, device, nbytes: int) -> bool:
+    """Whether training batches stream from host memory (trainer.data_placement): `auto`
+    streams only when the training split would take over half of the GPU's free memory (on a
+    CPU the data already is in the memory it trains from)."""
+    if placement != "auto":
+        return placement == "stream"
+    if device.type != "cuda":
+        return False
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes > free / 2
+
+
 def sweep_job_device(name: str, job_num: int | None, gpus: int) -> str:
     """In a sweep on a machine with several GPUs, job k trains on GPU k mod GPUs, so jobs that a
     parallel launcher runs at once each have their own device."""
@@ -245,22 +259,27 @@ def fit_torch(
         model = DistributedDataParallel(net, device_ids=device_ids)
     if tcfg.compile != "off":
         model = torch.compile(model, mode=None if tcfg.compile == "default" else tcfg.compile)
-    graphed, why_not = graph_plan(conf, device, world, net)
+    compact = data is not None and getattr(data, "stored", None) is not None
+    # the training inputs as kept in host memory: compact images, or the prepared arrays
+    host_x = data.stored["train"] if compact else splits["train"][0]
+    streaming = use_stream(tcfg.data_placement, device, host_x.nbytes)
+    graphed, why_not = graph_plan(conf, device, world, net, streaming)
     if why_not is not None:
         log.info("CUDA graphs off: %s", why_not)
-    stored = None  # images kept compact on the device, prepared per batch
-    if data is not None and getattr(data, "stored", None) is not None:
+    stored = None  # images kept compact, prepared per batch on the device
+    x_train = None
+    if compact:
         from dlrun.data.device import device_inputs
 
-        stored = device_inputs(data, "train", device, takes)
-        x_train = None
-    else:
-        x_train = torch.as_tensor(splits["train"][0], device=device)
+        stored = device_inputs(data, "train", device, takes, copy=not streaming)
+    elif not streaming:
+        x_train = torch.as_tensor(host_x, device=device)
         if channels_last and x_train.ndim == 4:
             x_train = x_train.contiguous(memory_format=torch.channels_last)
-    y_train = torch.as_tensor(splits["train"][1], device=device)
+    y_host = np.asarray(splits["train"][1])
     if spec.task == "regression":
-        y_train = y_train.reshape(len(y_train), -1)  # (N, T), as the network predicts
+        y_host = y_host.reshape(len(y_host), -1)  # (N, T), as the network predicts
+    y_train = torch.as_tensor(y_host, device=device)
     x_val = torch.as_tensor(splits["val"][0], device=device)
     y_val = splits["val"][1]
 
@@ -344,19 +363,18 @@ def fit_torch(
     step_loss = torch.zeros(steps, device=device)  # mean loss of each step
     step_norm = torch.zeros(steps, device=device)  # gradient norm before clipping
 
-    def train_step(idx):
-        """One step on the samples `idx` (a device index tensor); returns the step's mean loss
-        and its gradient norm before clipping, as device scalars (no host synchronisation)."""
-        global_batch = len(idx)
+    def fetch(idx):
+        """This rank's samples of the global batch `idx` (device indices), from device memory."""
         if world > 1:
             idx = idx[rank::world]  # this rank's share of the global batch
-        if stored is not None:
-            xb = stored.take(idx, train=True)
-            if channels_last and xb.ndim == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-        else:
-            xb = x_train[idx]  # (B, *shape)
-        yb = y_train[idx]  # (B,) or (B, T)
+        xb = stored.take(idx, train=True) if stored is not None else x_train[idx]  # (B, *shape)
+        return xb, y_train[idx]  # (B,) or (B, T)
+
+    def train_step(xb, yb, global_batch: int):
+        """One step on this rank's inputs and targets of a global batch; returns the step's mean
+        loss and its gradient norm before clipping, as device scalars (no host synchronisation)."""
+        if channels_last and xb.ndim == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(device, tcfg.precision, cache=not graphed):
             out = model(xb)
         if world == 1:
@@ -400,12 +418,26 @@ def fit_torch(
         def body(size: int) -> None:
             # a full batch picks its row by the counter; the last partial batch is the tail
             idx = rows.index_select(0, counter).view(-1) if size == batch else order[full * batch :]
-            loss, norm = train_step(idx)
+            loss, norm = train_step(*fetch(idx), size)
             step_loss.index_copy_(0, counter, loss.reshape(1))
             step_norm.index_copy_(0, counter, norm.reshape(1).to(step_norm.dtype))
             counter.add_(1)
 
         run_steps = GraphedSteps(body, device)
+
+    loader = None
+    if streaming:
+        from dlrun.streaming import BatchLoader
+
+        loader = BatchLoader(host_x, y_host, tcfg.workers, pin=device.type == "cuda")
+        log.info(
+            "training data (%.2f GB) streams from host memory: %d DataLoader workers%s",
+            host_x.nbytes / 1e9,
+            tcfg.workers,
+            ", pinned memory" if device.type == "cuda" else "",
+        )
+    # each step's global batch size, on the host (streamed steps need it)
+    step_sizes = [batch] * (steps - 1) + [seen - batch * (steps - 1)]
 
     epoch = start - 1
     startup = time.perf_counter() - STARTED
@@ -415,17 +447,34 @@ def fit_torch(
         for epoch in range(start, tcfg.max_epochs + 1):
             t_epoch = time.perf_counter()
             model.train()
-            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
-            lr = float(lr)
-            perm = torch.randperm(n, generator=shuffle).to(device)
+            lr = float(optimizer.param_groups[0]["lr"])  # the rate this epoch starts with
+            perm = torch.randperm(n, generator=shuffle)
+            if loader is not None:  # the same batches, read from host memory by the workers
+                batches = iter(
+                    loader.epoch(
+                        [perm[s * batch : (s + 1) * batch][rank::world] for s in range(steps)]
+                    )
+                )
+            else:
+                perm = perm.to(device)
             if run_steps is not None:
                 order.copy_(perm)
                 counter.zero_()
             for step in range(steps):
                 if run_steps is not None:  # replayed: the graph reads order and counter
-                    run_steps(min(batch, seen - step * batch))
+                    run_steps(step_sizes[step])
+                    loss = None
+                elif loader is not None:
+                    xb, yb = next(batches)
+                    xb = xb.to(device, non_blocking=True)
+                    yb = yb.to(device, non_blocking=True)
+                    if stored is not None:
+                        xb = stored.prepare(xb, train=True)
+                    loss, norm = train_step(xb, yb, step_sizes[step])
                 else:
-                    loss, norm = train_step(perm[step * batch : (step + 1) * batch])
+                    idx = perm[step * batch : (step + 1) * batch]
+                    loss, norm = train_step(*fetch(idx), len(idx))
+                if loss is not None:
                     step_loss[step] = loss  # small copies, no sync
                     step_norm[step] = norm
                 if interval == "batch":

@@ -145,9 +145,13 @@ class DeviceInputs:
         No step reads a value back to the host or depends on one, and every shape follows from
         len(idx) alone, so the whole of it can be captured in a CUDA graph.
         """
+        return self.prepare(self.x.index_select(0, idx), train)
+
+    def prepare(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """A batch of stored samples (B, *stored shape), already on the device, as the model's
+        input: what `take` does after its gather (streamed batches come this way)."""
         import torch.nn.functional as F
 
-        x = self.x.index_select(0, idx)  # (B, C, H, W) in the stored dtype
         if self.spec.kind != "image":  # tables and sequences are stored normalized
             return x.reshape((x.shape[0], *self.shape))
         if train and (self.hflip or self.crop_padding):
@@ -196,13 +200,14 @@ class DeviceInputs:
 
 
 def device_inputs(
-    data: DataModule, split: str, device: Any, takes: str | None = None
+    data: DataModule, split: str, device: Any, takes: str | None = None, copy: bool = True
 ) -> DeviceInputs:
     """The split `split` ('train', 'val' or 'test') of `data` on `device`, as a DeviceInputs.
 
     `takes` is the model's input kind (registry entry's `takes`); None leaves the data's own
     kind. Images are copied in their stored dtype (`data.stored`); other data as the normalized
-    float32 arrays the DataModule holds.
+    float32 arrays the DataModule holds. `copy=False` copies no sample (for batches streamed
+    from host memory, which go through `prepare`).
     """
     import torch
 
@@ -210,7 +215,8 @@ def device_inputs(
     if data.stored is None:
         x = torch.as_tensor(data.split(split)[0], device=device)
         return DeviceInputs(x, data.spec, takes)
-    x = torch.as_tensor(data.stored[split], device=device)
+    stored = data.stored[split]
+    x = torch.as_tensor(stored if copy else stored[:0], device=device)
     mean = std = None
     if data.norm is not None:
         mean, std = (torch.as_tensor(a, dtype=torch.float32, device=device) for a in data.norm)
