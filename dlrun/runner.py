@@ -202,6 +202,13 @@ RESUME_MAY_CHANGE = {
     "trainer.max_epochs",
     "trainer.device",
     "trainer.early_stopping.patience",
+    # how fast, not what: the same steps on the same batches
+    "trainer.cuda_graphs",
+    "trainer.compile",
+    "trainer.channels_last",
+    "trainer.data_placement",
+    "trainer.workers",
+    "data.storage",
 }
 
 
