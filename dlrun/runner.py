@@ -226,11 +226,34 @@ def check_same_experiment(saved: dict, conf, path: Path) -> None:
     differ = sorted(
         k
         for k in set(now) | set(before)
-        if now.get(k) != before.get(k) and k not in RESUME_MAY_CHANGE
+        if now.get(k) != before.get(k)
+        and k not in RESUME_MAY_CHANGE
+        # a setting newer than the checkpoint: the run behaved as its default
+        and not (k not in before and now[k] == schema_default(conf, k))
     )
     if differ:
         shown = "; ".join(f"{k} was {before.get(k)!r}, now {now.get(k)!r}" for k in differ[:5])
         raise ConfigError(f"trainer.resume: {path} was saved by a different experiment: {shown}.")
+
+
+def schema_default(conf, key: str):
+    """The default of the setting `key` ('data.augment.hflip') in its schema, or a value equal
+    to nothing where there is none."""
+    import dataclasses
+
+    *path, name = key.split(".")
+    node = conf
+    for part in path:
+        node = getattr(node, part, None)
+    if not dataclasses.is_dataclass(node):
+        return object()
+    for f in dataclasses.fields(node):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return object()
 
 
 @dataclass

@@ -22,7 +22,16 @@ def test_the_issue_s_recipes_are_all_here():
     }
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+# The model zoo (eight models, ~2 minutes even shrunken) runs in full in the slow suite
+# (tests/test_slow.py::test_model_zoo_on_digits), so here it is slow too.
+SLOW = {"model_zoo_digits"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in RECIPES],
+    ids=lambda p: p.stem,
+)
 def test_recipe_runs_shrunken(tmp_path, path):
     recipe = recipes.parse(path)
     assert recipe.expects and recipe.shrink

@@ -192,3 +192,22 @@ def test_a_truncated_checkpoint_is_named(tmp_path):
         UserError, match=rf"checkpoint {path} cannot be read \(truncated or corrupted\?\)"
     ):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_when_the_setting_has_its_default(tmp_path):
+    """A run saved before `data.augment` existed trained as its default (no augmentation): it
+    may be resumed with the default, not with another value. Speed-only settings may change."""
+    from conftest import make_cfg
+    from dlrun.runner import check_same_experiment
+    from dlrun.training import conf_dict
+    from dlrun.validate import validate
+
+    conf = validate(make_cfg())
+    saved = conf_dict(conf)
+    del saved["data"]["augment"]  # as an older dlrun wrote it
+    check_same_experiment(saved, conf, tmp_path / "last.pt")  # accepted
+    fast = validate(make_cfg("trainer.cuda_graphs=off", "trainer.data_placement=stream"))
+    check_same_experiment(saved, fast, tmp_path / "last.pt")  # accepted: how fast, not what
+    other = validate(make_cfg("data.augment.hflip=true"))
+    with pytest.raises(ConfigError, match=r"data.augment.hflip was None, now True"):
+        check_same_experiment(saved, other, tmp_path / "last.pt")
