@@ -121,12 +121,6 @@ def main() -> None:
             "hydra.output_subdir=null",
             "hydra/job_logging=disabled",
         ]
-    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
-        from dlrun.command import HELP, config_groups
-
-        print(HELP.format(groups=config_groups(CONFIG_DIR)))
-        return
-
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if show_traceback:
         os.environ["DLRUN_TRACEBACK"] = "1"

@@ -3,7 +3,6 @@ returns without importing Hydra, numpy or torch; everything else goes to `dlrun.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -54,7 +53,7 @@ Runs are written to outputs/<task_name>/<date>/<time>/. Hydra's own flags: dlrun
 
 
 def main() -> None:
-    if os.environ.get("RANK", "0") == "0" and any(a in ("--help", "-h") for a in sys.argv[1:]):
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
         # Our own help: Hydra's lists every option of every group by composing each one, which
         # takes seconds; this reads the folder names and returns at once.
         print(HELP.format(groups=config_groups(find_config_dir())))

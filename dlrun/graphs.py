@@ -94,61 +94,68 @@ def pin_lr(optimizer, tensors: list) -> None:
 
 
 class GraphedSteps:
-    """Run training steps of a given batch size: eagerly for the first WARMUP of that size,
-    then captured once and replayed.
+    """Run `body(key)`: eagerly for its first `warmup` calls with that key, then captured as a
+    CUDA graph once and replayed. Returns what `body` returned; after the capture, the tensors it
+    returned while being captured, which each replay refills.
 
-    `body(size)` performs one whole step on the static buffers and advances the device step
-    counter; it must not read the host.
+    `body` works on static device buffers and must not read the host. The training loop keys
+    its steps by batch size; the health probe (dlrun.health) has one key.
     """
 
-    def __init__(self, body, device):
+    def __init__(
+        self, body, device, warmup: int = WARMUP, what: str = "training steps of batch size {}"
+    ):
         import torch
 
         self.body = body
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.seen: dict[int, int] = {}
+        self.warmup = warmup
+        self.what = what  # for the log, formatted with the key
+        self.graphs: dict = {}
+        self.outputs: dict = {}  # key -> what body returned while being captured
+        self.seen: dict = {}
         self.stream = torch.cuda.Stream(device)
         self.pool = None
         self.failed: str | None = None
 
-    def __call__(self, size: int) -> None:
-        graph = self.graphs.get(size)
+    def __call__(self, key):
+        graph = self.graphs.get(key)
         if graph is not None:
             graph.replay()
-            return
-        self.seen[size] = self.seen.get(size, 0) + 1
-        if self.failed is not None or self.seen[size] <= WARMUP:
-            self._eager(size)
-        else:
-            self._capture(size)
+            return self.outputs[key]
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if self.failed is not None or self.seen[key] <= self.warmup:
+            return self._eager(key)
+        return self._capture(key)
 
-    def _eager(self, size: int) -> None:
-        """An ordinary step on the side stream the graphs are captured on (libraries create
+    def _eager(self, key):
+        """An ordinary run on the side stream the graphs are captured on (libraries create
         their per-stream workspaces there before capture)."""
         import torch
 
         current = torch.cuda.current_stream()
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
-            self.body(size)
+            out = self.body(key)
         current.wait_stream(self.stream)
+        return out
 
-    def _capture(self, size: int) -> None:
+    def _capture(self, key):
         import torch
 
+        what = self.what.format(key)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-                self.body(size)
+                out = self.body(key)
         except Exception as ex:  # a model or kernel that cannot be captured: go on eagerly
             torch.cuda.synchronize()
             first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
             self.failed = f"{type(ex).__name__}: {first}"
-            log.warning("CUDA graphs off: capturing a training step failed (%s)", self.failed)
-            self._eager(size)
-            return
+            log.warning("CUDA graphs off: capturing %s failed (%s)", what, self.failed)
+            return self._eager(key)
         self.pool = graph.pool()
-        self.graphs[size] = graph
-        log.info("CUDA graphs: training steps of batch size %d captured", size)
-        graph.replay()  # the step being captured was recorded, not run
+        self.graphs[key], self.outputs[key] = graph, out
+        log.info("CUDA graphs: %s captured", what)
+        graph.replay()  # the run being captured was recorded, not run
+        return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger("dlrun")
 
 PROBE = 256  # samples in the probe batch
+PROBE_WARMUP = 1  # eager probes before it is captured as a CUDA graph
 
 
 @dataclass
@@ -51,12 +52,7 @@ class Monitor:
     relus: dict = field(default_factory=dict)
     _dead: dict = field(default_factory=dict)
     _before: dict = field(default_factory=dict)
-    _runs: int = 0
-    _graph: object = None  # the probe as a CUDA graph (CUDA only)
-    _graph_failed: bool = False
-    _stream: object = None
-    _names: list = field(default_factory=list)
-    _packed: object = None
+    _replay: object = None  # on CUDA: the probe, captured as a CUDA graph after its first run
 
     def __post_init__(self):
         from torch import nn
@@ -83,40 +79,17 @@ class Monitor:
     def measure(self) -> dict[str, float]:
         """The epoch's numbers: computed on the device, read with one synchronisation. On CUDA
         the probe is captured as a CUDA graph after its first run and replayed after that."""
-        import torch
-
-        if self._graph is not None:
-            self._graph.replay()
-            names, packed = self._names, self._packed
-        elif self.x_probe.is_cuda and self._runs >= 1 and not self._graph_failed:
-            names, packed = self._capture()
-        elif self.x_probe.is_cuda:  # the first run, on the stream a capture will use
-            self._stream = self._stream or torch.cuda.Stream(self.x_probe.device)
-            self._stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self._stream):
-                names, packed = self._probe()
-            torch.cuda.current_stream().wait_stream(self._stream)
-        else:
+        if not self.x_probe.is_cuda:
             names, packed = self._probe()
-        self._runs += 1
+        else:
+            if self._replay is None:
+                from dlrun.graphs import GraphedSteps
+
+                self._replay = GraphedSteps(
+                    lambda _: self._probe(), self.x_probe.device, PROBE_WARMUP, "the health probe"
+                )
+            names, packed = self._replay(0)
         return dict(zip(names, packed.tolist(), strict=True))
-
-    def _capture(self):
-        import torch
-
-        graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize()
-        try:
-            with torch.cuda.graph(graph, stream=self._stream):
-                names, packed = self._probe()
-        except Exception as ex:  # go on without a graph: the numbers are the same
-            torch.cuda.synchronize()
-            self._graph_failed = True
-            log.info("health probe: CUDA graph capture failed (%s); measured eagerly", ex)
-            return self._probe()
-        self._graph, self._names, self._packed = graph, names, packed
-        graph.replay()
-        return names, packed
 
     def _probe(self):
         """Forward and backward of the probe batch, every number of the epoch in one tensor:

@@ -274,8 +274,6 @@ def fit_torch(
         stored = device_inputs(data, "train", device, takes, copy=not streaming)
     elif not streaming:
         x_train = torch.as_tensor(host_x, device=device)
-        if channels_last and x_train.ndim == 4:
-            x_train = x_train.contiguous(memory_format=torch.channels_last)
     y_host = np.asarray(splits["train"][1])
     if spec.task == "regression":
         y_host = y_host.reshape(len(y_host), -1)  # (N, T), as the network predicts
@@ -290,8 +288,8 @@ def fit_torch(
         steps -= 1  # a last batch smaller than the ranks would leave a rank with nothing
     seen = min(steps * batch, n)  # samples per epoch
     # samples in each global batch (all full but perhaps the last), known before training
-    sizes = torch.full((steps,), float(batch), device=device)
-    sizes[-1] = seen - batch * (steps - 1)
+    step_sizes = [batch] * (steps - 1) + [seen - batch * (steps - 1)]
+    sizes = torch.tensor(step_sizes, dtype=torch.float32, device=device)
     monitor = tcfg.early_stopping.monitor
     stopper = EarlyStopping(
         tcfg.early_stopping.mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta
@@ -436,8 +434,6 @@ def fit_torch(
             tcfg.workers,
             ", pinned memory" if device.type == "cuda" else "",
         )
-    # each step's global batch size, on the host (streamed steps need it)
-    step_sizes = [batch] * (steps - 1) + [seen - batch * (steps - 1)]
 
     epoch = start - 1
     startup = time.perf_counter() - STARTED

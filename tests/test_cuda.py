@@ -208,14 +208,14 @@ def test_health_probe_replayed_as_a_graph_gives_the_eager_numbers(tmp_path):
     import dlrun.health
 
     on, on_dir = train(tmp_path, "trainer.device=cuda", "model=lstm", *SMALL, name="probe_graph")
-    original = dlrun.health.Monitor._capture
+    original = dlrun.health.PROBE_WARMUP
     try:
-        dlrun.health.Monitor._capture = lambda self: self._probe()  # never captured
+        dlrun.health.PROBE_WARMUP = 10**9  # never captured
         off, off_dir = train(
             tmp_path, "trainer.device=cuda", "model=lstm", *SMALL, name="probe_eager"
         )
     finally:
-        dlrun.health.Monitor._capture = original
+        dlrun.health.PROBE_WARMUP = original
     for a, b in zip(read_metrics(on_dir), read_metrics(off_dir), strict=True):
         keys = [k for k in a if k.startswith("health/") and not k.endswith("time_s")]
         assert keys and "health/grad_first_last_ratio" in keys
@@ -231,3 +231,58 @@ def test_augmented_uint8_images_train_in_cuda_graphs(tmp_path):
         tmp_path, "model=lenet5", "trainer.device=cuda", "data.augment.crop_padding=1", *SMALL
     )
     assert summary["cuda_graphs"] is True and summary["test"]["accuracy"] > 0.5
+
+
+def test_graphed_steps_warm_up_capture_once_and_replay(monkeypatch):
+    """GraphedSteps' order of events, with torch.cuda replaced by stand-ins (runs on a CPU):
+    `warmup` eager runs per key, one capture, then replays that return the captured outputs;
+    a capture that fails turns every later call eager."""
+    import contextlib
+
+    from dlrun.graphs import GraphedSteps
+
+    events = []
+
+    class Stream:
+        def __init__(self, device=None): ...
+
+        def wait_stream(self, other): ...
+
+    class Graph:
+        def replay(self):
+            events.append("replay")
+
+        def pool(self):
+            return "pool"
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, stream=None):
+        events.append("capture")
+        yield
+
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "Stream", Stream)
+    monkeypatch.setattr(cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(cuda, "graph", graph)
+
+    def body(key):
+        events.append(f"run {key}")
+        if key == "bad" and events[-2:-1] == ["capture"]:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        return [key, len(events)]
+
+    steps = GraphedSteps(body, "cuda", warmup=2)
+    outputs = [steps(100) for _ in range(5)]
+    assert events == ["run 100", "run 100", "capture", "run 100", "replay", "replay", "replay"]
+    assert outputs[2] is outputs[3] is outputs[4]  # the captured outputs, refilled by replays
+    assert steps.failed is None and list(steps.graphs) == [100]
+
+    events.clear()
+    for _ in range(4):
+        steps("bad")
+    assert events == ["run bad", "run bad", "capture", "run bad", "run bad", "run bad"]
+    assert steps.failed == "RuntimeError: operation not permitted when stream is capturing"
+    assert list(steps.graphs) == [100]
