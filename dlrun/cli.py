@@ -7,6 +7,7 @@ message and exit with code 2, without a traceback. HYDRA_FULL_ERROR=1 shows the 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -33,27 +34,40 @@ def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from dlrun import folders
     from dlrun.errors import Interrupted, UserError
     from dlrun.runner import run
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        if main_rank:  # a single run's folder is claimed already (RunFolders.on_run_start)
+            folders.claim_run(run_dir, "hydra.sweep.dir" if sweeping else "hydra.run.dir")
+            folders.write_hydra_files(run_dir, cfg)
+    except UserError as ex:
+        if not sweeping:
+            _user_errors.append(ex)
+            return None
+        # Never write into a folder this job was refused: the other jobs go on.
+        logging.getLogger("dlrun").error("job refused: %s", ex)
+        return float("nan")
     try:
         summary = run(cfg, run_dir)
     except Exception as ex:
         if os.environ.get("DLRUN_TRACEBACK") == "1":
             raise
-        if hydra_cfg.mode == RunMode.MULTIRUN and not isinstance(ex, Interrupted):
+        if sweeping and not isinstance(ex, Interrupted):
             # One failing job must not stop a sweep: record it and go on with the others.
             record_failure(run_dir, cfg, ex)
             return float("nan")
         if not isinstance(ex, UserError):
             raise
         _user_errors.append(ex)
-        # A run stopped by a config problem leaves no folder of its own behind (Hydra made it
-        # before calling us); a folder that holds anything else is kept as it is.
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
-            shutil.rmtree(run_dir)
+        # A run stopped by a config problem leaves no folder of its own behind; a folder that
+        # holds anything else is kept as it is.
+        folders.discard_if_unused(run_dir)
         return None
     if Path(summary["run_dir"]) != run_dir:  # resumed into its own folder: keep no empty one
         fold_into(run_dir, Path(summary["run_dir"]))
@@ -63,17 +77,18 @@ def _train(cfg: DictConfig) -> float | None:
 def fold_into(new_dir: Path, run_dir: Path) -> None:
     """A resumed run continues in its first folder: the overrides of this invocation go there
     (.hydra/resume-N-overrides.yaml) and the folder Hydra made for it is removed."""
+    from dlrun import folders
+
     source = new_dir / ".hydra" / "overrides.yaml"
     if source.exists() and (run_dir / ".hydra").is_dir():
         n = len(list((run_dir / ".hydra").glob("resume-*-overrides.yaml"))) + 1
         shutil.copy(source, run_dir / ".hydra" / f"resume-{n}-overrides.yaml")
-    if new_dir.is_dir() and {p.name for p in new_dir.iterdir()} <= {".hydra"}:
-        shutil.rmtree(new_dir)
+    folders.discard_if_unused(new_dir)
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:
     """summary.json of a job that failed: its status and the error's first line."""
-    import logging
+    import json
     import traceback
 
     from dlrun.checkpoints import write_json
@@ -83,23 +98,17 @@ def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:
     error = first if isinstance(ex, UserError) else f"{type(ex).__name__}: {first}"
     logging.getLogger("dlrun").error("job failed: %s", error)
     if not isinstance(ex, UserError):  # a bug: keep the whole story in the job's folder
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
     previous = {}
     if (run_dir / "summary.json").exists():
-        import json
-
         previous = json.loads((run_dir / "summary.json").read_text())
-    status = (
-        previous.get("status") if previous.get("status") not in (None, "completed") else "failed"
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    kept = previous.get("status") in ("interrupted", "diverged", "failed")
     write_json(
         run_dir / "summary.json",
         {
             **previous,
-            "status": status,
-            "error": error,
+            "status": previous["status"] if kept else "failed",
+            "error": previous.get("error", error) if kept else error,
             "model": cfg.model.name,
             "data": cfg.data.name,
         },
@@ -107,6 +116,7 @@ def record_failure(run_dir: Path, cfg: DictConfig, ex: Exception) -> None:
 
 
 def main() -> None:
+    from dlrun import folders
     from dlrun.errors import UserError, describe_hydra_error
 
     launch_distributed_if_asked()
@@ -141,6 +151,8 @@ def main() -> None:
         fail(str(ex), ex.exit_code)
     except KeyboardInterrupt:
         fail("interrupted.", 130)
+    except folders.Refused as ex:  # a run or sweep folder that is not this run's to write
+        fail(str(ex.error), ex.error.exit_code)
     except OSError as ex:  # Hydra could not find a config, or make or write the run folder
         if show_traceback:
             raise
@@ -180,6 +192,8 @@ def launch_distributed_if_asked() -> None:
 
 
 def fail(message: str, code: int) -> None:
+    if "dlrun.folders" in sys.modules:  # a sweep stopped before any job ran leaves no folder
+        sys.modules["dlrun.folders"].discard_unused_sweeps()
     print(f"dlrun: {message}", file=sys.stderr)
     sys.exit(code)
 

@@ -155,8 +155,9 @@ class Monitor:
         return hook
 
 
-def findings(history: list[dict], conf) -> list[Finding]:
-    """What the per-epoch records show, each with the change to try."""
+def findings(history: list[dict], conf, best_epoch: int | None = None) -> list[Finding]:
+    """What the per-epoch records show, each with the change to try. `best_epoch` is the epoch
+    checkpoints/best.pt holds (by the monitored metric), which a finding may name."""
     found: list[Finding] = []
     if not history:
         return found
@@ -251,7 +252,7 @@ def findings(history: list[dict], conf) -> list[Finding]:
             if cur["val_loss"] > prev["val_loss"] and cur["train_loss"] < prev["train_loss"]
             else 0
         )
-    best = min(history, key=lambda r: r["val_loss"])
+    best = min(history, key=lambda r: r["val_loss"])  # the lowest validation loss
     if rising >= 4 or (
         len(history) - best["epoch"] >= 5
         and history[-1]["val_loss"] > 1.2 * best["val_loss"]
@@ -263,11 +264,13 @@ def findings(history: list[dict], conf) -> list[Finding]:
             if dropout is not None
             else "try more data or a smaller model"
         )
+        monitor = conf.trainer.early_stopping.monitor
+        kept = best_epoch if best_epoch is not None else best["epoch"]
         found.append(
             Finding(
                 "overfitting",
                 f"validation loss has risen since epoch {best['epoch']} while training loss fell: the model "
-                f"is overfitting; the best checkpoint keeps epoch {best['epoch']}",
+                f"is overfitting; the best checkpoint keeps epoch {kept} (by {monitor})",
                 best["epoch"] + 1,
                 "high" if rising >= 4 else "medium",
                 advice,

@@ -131,3 +131,42 @@ class TransformerNet(nn.Module):
             return self.head(h.mean(dim=1))
         keep = (~pad).unsqueeze(-1).to(h.dtype)  # (B, T, 1)
         return self.head((h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1))
+
+
+class RawInputs(nn.Module):
+    """A trained network behind the preparation its inputs had in training, for export.
+
+    It takes samples as the dataset loads them (float32; image pixels scaled to [0, 1]; for a
+    table, its encoded feature columns) and returns what dlrun-predict reports: class
+    probabilities, or values in the target's own units. Inside: the training split's
+    normalization, LeNet-style resizing, and the reshape to the model's input.
+    """
+
+    def __init__(
+        self, net: nn.Module, norm, resize_to, native: tuple, takes: str, kind: str, classes: bool
+    ):
+        super().__init__()
+        self.net = net
+        self.normalize = norm is not None
+        if norm is not None:
+            self.register_buffer("mean", torch.as_tensor(norm[0], dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(norm[1], dtype=torch.float32))
+        self.resize_to = resize_to
+        self.native = tuple(native)
+        self.takes, self.kind, self.classes = takes, kind, classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *native)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        if self.resize_to is not None:
+            size = (self.resize_to, self.resize_to)
+            x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if self.takes == "flat":
+            x = x.flatten(1)  # (B, F)
+        elif self.takes == "sequence" and self.kind == "image":
+            _, h, w = x.shape[1:]
+            x = x.permute(0, 2, 1, 3).reshape(
+                -1, h, x.shape[1] * w
+            )  # image rows as steps (B, H, C*W)
+        out = self.net(x).float()
+        return torch.softmax(out, dim=1) if self.classes else out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun.catalog import load_catalog
-from dlrun.checkpoints import write_json
-from dlrun.errors import ConfigError, Diverged, Interrupted, UserError, not_one_of
+from dlrun.checkpoints import atomic_write, write_json
+from dlrun.errors import ConfigError, Interrupted, UserError, not_one_of
 from dlrun.validate import validate
 
 log = logging.getLogger("dlrun")
@@ -28,44 +29,44 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     started = time.perf_counter()
     load_catalog()
     conf = validate(cfg)  # every problem at once, before any work
-    from dlrun import distributed
+    from dlrun import distributed, folders
 
     distributed.setup(distributed_device_type(conf))
     main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
-    run_dir = Path(distributed.broadcast(str(run_dir)))
-    resume = None
-    if conf.trainer.resume is not None:  # continue that run, in its own folder
-        from dlrun.checkpoints import load_checkpoint
-
-        path = find_checkpoint(conf.trainer.resume, conf.task_name)
-        resume = load_checkpoint(path)
-        run_dir = path.parent.parent
-    elif main and any(
-        (run_dir / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints")
-    ):
-        raise UserError(
-            f"the run folder {run_dir} already holds a run; a new run never overwrites one. Choose "
-            f"another hydra.run.dir, or continue that run with trainer.resume={run_dir}."
-        )
-    # data, model pairing, device: problems here stop the run before its folder is written
-    prep = prepare(conf)  # resolves the `auto` settings
-    if resume is not None:
-        check_same_experiment(resume.get("config", {}), conf, path)
+    given = run_dir = Path(distributed.broadcast(str(run_dir)))
     try:
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as ex:
-        raise UserError(
-            f"hydra.run.dir: cannot create the run folder {run_dir}: {ex.strerror}."
-        ) from None
+        resume = None
+        if conf.trainer.resume is not None:  # continue that run, in its own folder
+            path = find_checkpoint(conf.trainer.resume, conf.task_name)
+            run_dir = path.parent.parent
+            if main:
+                folders.hold_run(run_dir)  # one process writes a folder at a time
+            resume = open_resume(path, main)
+        elif main:
+            folders.claim_run(run_dir)  # exactly one process gets a folder; the others stop here
+        # data, model pairing, device: problems here stop the run before its folder is written
+        prep = prepare(conf)  # resolves the `auto` settings
+        if resume is not None:
+            check_same_experiment(resume.get("config", {}), conf, path)
+        return train_and_record(cfg, conf, prep, run_dir, resume, main, started)
+    except BaseException:
+        folders.discard_if_unused(given)  # a folder that holds nothing of the run's own
+        raise
+    finally:
+        folders.release(run_dir)
 
+
+def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started: float) -> dict:
+    """Fit, evaluate and write the run folder; a run that stops early records why."""
+    from dlrun import distributed
     from dlrun.report import print_summary, run_log
 
     with run_log(run_dir) if main else contextlib.nullcontext():
-        if resume is None and main:
-            (run_dir / "config.yaml").write_text(
-                OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8"
-            )
+        if main:
+            if resume is None:
+                text = OmegaConf.to_yaml(cfg, resolve=True)
+                atomic_write(run_dir / "config.yaml", lambda f: f.write(text), mode="w")
+            write_json(run_dir / "summary.json", running_summary(conf, run_dir))
 
         from dlrun.metrics import compute_metrics
 
@@ -99,24 +100,12 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
                 )
             else:
                 fitted = fit_estimator(entry, conf, spec, splits, run_dir, device, logger)
-        except (Interrupted, Diverged) as ex:
-            from dlrun.training import read_records
-
+        except BaseException as ex:
             if not main:
                 raise
-            write_json(
-                run_dir / "summary.json",
-                {
-                    "status": ex.status,
-                    "error": str(ex),
-                    "model": conf.model.name,
-                    "data": conf.data.name,
-                    "epochs_run": len(read_records(run_dir)),
-                    "run_dir": str(run_dir),
-                    "wall_time_s": time.perf_counter() - started,
-                    "health": getattr(ex, "health", []),
-                },
-            )
+            stopped = record_stop(run_dir, conf, ex, started)
+            if stopped is not ex:
+                raise stopped from None
             raise
         result, predict, params = fitted
 
@@ -135,7 +124,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         if entry.family == "torch" and conf.trainer.diagnostics:
             from dlrun.health import findings
 
-            health = [f.as_dict() for f in findings(result.history, conf)]
+            health = [f.as_dict() for f in findings(result.history, conf, result.best_epoch)]
         summary = {
             "status": "completed",
             "model": conf.model.name,
@@ -160,22 +149,109 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             "health": health,
         }
         if main:
-            write_json(run_dir / "summary.json", summary)
             logger.close(OmegaConf.to_container(cfg, resolve=True), summary)
             write_plots(
                 run_dir, result.history, stopping.monitor, spec, splits["test"][1], outputs["test"]
             )
+            write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
             log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
             print_summary(summary)
         distributed.barrier()
         return summary
 
 
+def running_summary(conf, run_dir: Path) -> dict:
+    """summary.json while the run trains: if the process is killed it stays so, and
+    `dlrun-report` tells a killed run from a live one by the folder's lock."""
+    return {
+        "status": "running",
+        "model": conf.model.name,
+        "data": conf.data.name,
+        "run_dir": str(run_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "pid": os.getpid(),
+    }
+
+
+def record_stop(run_dir: Path, conf, ex: BaseException, started: float) -> BaseException:
+    """summary.json of a run that stopped before its end, telling the truth about why; returns
+    the error to report (a second Ctrl-C becomes a clean `Interrupted`)."""
+    import signal
+
+    from dlrun.training import read_records
+
+    epochs = len(read_records(run_dir))  # the epochs whose checkpoints were written
+    if isinstance(ex, KeyboardInterrupt):
+        where = (
+            f"checkpoints/last.pt keeps epoch {epochs}; continue with trainer.resume={run_dir}"
+            if epochs
+            else "no epoch had ended; nothing to resume"
+        )
+        ex = Interrupted(f"interrupted by a second Ctrl-C; {where}.", signal.SIGINT)
+    status = getattr(ex, "status", "failed")
+    first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
+    error = first if isinstance(ex, UserError) else f"{type(ex).__name__}: {first}"
+    summary = {
+        "status": status,
+        "error": error,
+        "model": conf.model.name,
+        "data": conf.data.name,
+        "epochs_run": epochs,
+        "run_dir": str(run_dir),
+        "wall_time_s": time.perf_counter() - started,
+        "health": getattr(ex, "health", []),
+    }
+    try:
+        write_json(run_dir / "summary.json", summary)
+    except UserError as failed:  # a full disk may refuse even this; the error above says why
+        log.warning("summary.json not updated: %s", failed)
+    return ex
+
+
+def open_resume(path: Path, main: bool) -> dict:
+    """The checkpoint to continue from, with the folder made consistent first: leftover
+    temporary files of a killed write are removed, and best.pt must hold the best epoch that
+    last.pt names (restored from last.pt when the kill came between the two writes)."""
+    from dlrun.checkpoints import load_checkpoint, remove_leftovers, save_checkpoint
+
+    run_dir = path.parent.parent
+    if main:
+        for leftover in remove_leftovers(run_dir):
+            log.info("removed %s, left by an interrupted write", leftover)
+    state = load_checkpoint(path)
+    best_epoch = state.get("early_stopping", {}).get("best_epoch", 0)
+    best_path = path.parent / "best.pt"
+    if not best_epoch:
+        return state
+    best = load_checkpoint(best_path)["epoch"] if best_path.is_file() else None
+    # best.pt may also be ahead of last.pt: written for an epoch that never reached last.pt,
+    # which the resumed run computes again, identically
+    if best == best_epoch or (best is not None and best > state["epoch"]):
+        return state
+    if best_epoch == state["epoch"] and main:
+        save_checkpoint(best_path, state)
+        log.warning(
+            "repaired %s: it now holds epoch %d, the best, from last.pt", best_path, best_epoch
+        )
+        return state
+    held = "is missing" if best is None else f"holds epoch {best}"
+    raise UserError(
+        f"trainer.resume: {best_path} {held}, but {path} names epoch {best_epoch} as the best; "
+        "the folder was changed since it was written, so it cannot be resumed exactly."
+    )
+
+
 def find_checkpoint(resume: str, task_name: str) -> Path:
     """trainer.resume: a run folder, a checkpoint file, or auto (the task's latest last.pt)."""
     if resume == "auto":
+        from dlrun.folders import is_active
+
         found = sorted(
-            (Path("outputs") / task_name).glob("**/checkpoints/last.pt"),
+            (
+                p
+                for p in (Path("outputs") / task_name).glob("**/checkpoints/last.pt")
+                if not is_active(p.parent.parent)  # not a run another process is training
+            ),
             key=lambda p: p.stat().st_mtime,
         )
         if not found:

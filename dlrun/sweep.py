@@ -1,7 +1,8 @@
 """Sweeps: one leaderboard from the jobs' run folders, and the best job's config to rerun it.
 
-Hydra calls `Leaderboard.on_multirun_end` after every `dlrun -m ...`; `dlrun-report SWEEP_DIR`
-rebuilds the same files from a sweep folder, for a sweep that was interrupted.
+Hydra's callback `dlrun.folders.RunFolders` calls `report` after every `dlrun -m ...`;
+`dlrun-report SWEEP_DIR` rebuilds the same files from a sweep folder, for a sweep that was
+interrupted.
 
 Written in the sweep folder: leaderboard.csv, leaderboard.md, leaderboard.png (the monitored
 metric per job) and best.yaml (rerun the best job: `dlrun -cd SWEEP_DIR -cn best`).
@@ -18,15 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.experimental.callback import Callback
 
 # Failures found by the last leaderboard built in this process (the CLI's exit code uses it).
 LAST_FAILED: list[str] = []
-
-
-class Leaderboard(Callback):
-    def on_multirun_end(self, config, **kwargs: Any) -> None:
-        report(Path(config.hydra.sweep.dir))
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -37,18 +32,31 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def job_row(job: Path) -> dict:
-    """One leaderboard row from a job's folder (its overrides and summary.json)."""
+    """One leaderboard row from a job's folder (its overrides and summary.json). `status` is ok,
+    failed (an error, a diverging loss), interrupted (stopped or killed: it can be resumed) or
+    running (its process still holds the folder)."""
+    from dlrun.folders import is_active
+
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
     shown = [o for o in overrides if not o.startswith(("hydra.", "hparams_search="))]
     row: dict[str, Any] = {"job": job.name, "overrides": " ".join(shown)}
     summary_path = job / "summary.json"
-    if not summary_path.exists():
-        return {**row, "status": "failed", "error": "no summary.json: the job did not finish"}
-    summary = json.loads(summary_path.read_text())
-    row["status"] = "ok" if summary.get("status") == "completed" else "failed"
-    if row["status"] != "ok":  # the job's own status (diverged, interrupted, ...) leads the error
-        status = summary.get("status", "failed")
-        return {**row, "error": f"{status}: {summary.get('error', '')}"}
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    status = summary.get("status")
+    if status in (None, "running"):
+        if is_active(job):
+            return {**row, "status": "running", "error": "still training"}
+        resumable = (job / "checkpoints" / "last.pt").exists()
+        return {
+            **row,
+            "status": "interrupted",
+            "error": "killed before it finished"
+            + (f"; continue with trainer.resume={job}" if resumable else " (no epoch had ended)"),
+        }
+    if status != "completed":  # the job's own status (diverged, interrupted, ...) leads the error
+        kind = "interrupted" if status == "interrupted" else "failed"
+        return {**row, "status": kind, "error": f"{status}: {summary.get('error', '')}"}
+    row["status"] = "ok"
     monitor = summary["monitor"]
     row.update(
         {"model": summary["model"], "data": summary["data"], monitor["metric"]: monitor["best"]}
@@ -81,9 +89,9 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(sweep_dir / "leaderboard.csv", lambda f: f.write(buffer.getvalue()), mode="w")
-    atomic_write(
-        sweep_dir / "leaderboard.md", lambda f: f.write(_markdown(rows, columns)), mode="w"
-    )
+    note = unfinished(sweep_dir, len(rows))
+    markdown = (f"> {note}\n\n" if note else "") + _markdown(rows, columns)
+    atomic_write(sweep_dir / "leaderboard.md", lambda f: f.write(markdown), mode="w")
     if ok:
         from dlrun import plots
 
@@ -93,10 +101,30 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
             sweep_dir / "leaderboard.png",
         )
         write_best(sweep_dir, ok[0], monitor)
-    LAST_FAILED[:] = [r["job"] for r in failed]
+    LAST_FAILED[:] = [r["job"] for r in failed if r["status"] != "running"]
     if show:
-        _print(rows, columns, sweep_dir)
+        _print(rows, columns, sweep_dir, note)
     return rows
+
+
+def unfinished(sweep_dir: Path, ran: int) -> str:
+    """A line for a sweep that stopped before all its planned jobs ran ('' when it did not)."""
+    from dlrun.folders import SWEEP_MARKER, is_active, sweep_info
+
+    info = sweep_info(sweep_dir)
+    if not info or "finished" in info:
+        return ""
+    planned = info.get("planned")
+    if is_active(sweep_dir, SWEEP_MARKER):
+        state = "is still running"
+    else:
+        state = "stopped before its end"
+    if planned and ran < planned:
+        return (
+            f"the sweep {state}: {ran} of its {planned} planned jobs ran; the other "
+            f"{planned - ran} never started, so the best is the best of {ran} only."
+        )
+    return f"the sweep {state}."
 
 
 def write_best(sweep_dir: Path, best: dict, monitor: dict) -> None:
@@ -134,7 +162,7 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print(rows: list[dict], columns: list[str], sweep_dir: Path) -> None:
+def _print(rows: list[dict], columns: list[str], sweep_dir: Path, note: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -146,6 +174,8 @@ def _print(rows: list[dict], columns: list[str], sweep_dir: Path) -> None:
         style = None if r["status"] == "ok" else "red"
         table.add_row(*(_fmt(r.get(c)) for c in shown), style=style)
     Console().print(table)
+    if note:
+        Console().print(f"[yellow]{note}[/]")
     if rows and rows[0]["status"] == "ok":
         Console().print(
             f"best: job {rows[0]['job']} ({rows[0]['overrides']}); rerun it with "

@@ -71,20 +71,38 @@ class FitResult:
 
 class GracefulStop:
     """SIGINT / SIGTERM set `signum`; the loop finishes its current step and stops. A second
-    SIGINT exits at once (KeyboardInterrupt). Handlers are restored on exit."""
+    SIGINT quits at once (KeyboardInterrupt), except inside `writing()`: a checkpoint being
+    written is finished first, then it quits. Handlers are restored on exit."""
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict = {}
+        self._writing = False
+        self._quit = False
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
+            if self._writing:
+                self._quit = True
+                log.warning("SIGINT again: quitting as soon as the checkpoints are written")
+                return
             raise KeyboardInterrupt
         self.signum = signum
         log.warning(
             "%s: stopping after the current step (press Ctrl-C again to quit at once)",
             signal.Signals(signum).name,
         )
+
+    @contextlib.contextmanager
+    def writing(self):
+        """The epoch's commit: a second Ctrl-C waits until it is on disk."""
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._quit:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
@@ -342,9 +360,13 @@ def fit_torch(
         )
         restore_rng(resume["rng"], shuffle, device)
         train_time = resume.get("train_time_s", 0.0)
-        history = [r for r in read_records(run_dir) if r["epoch"] <= resume["epoch"]]
+        # last.pt is the epoch's commit point: metrics.jsonl is made to agree with it (a line of
+        # an epoch that never reached last.pt goes, a line lost to a kill comes back)
+        history = resume.get("history") or [
+            r for r in read_records(run_dir) if r["epoch"] <= resume["epoch"]
+        ]
         if main:
-            rewrite_records(run_dir, history)  # drop lines of an epoch that never reached last.pt
+            rewrite_records(run_dir, history)
         start = resume["epoch"] + 1
         log.info("resuming at epoch %d of %d from %s", start, tcfg.max_epochs, run_dir)
     health = None
@@ -493,27 +515,7 @@ def fit_torch(
             train_time += epoch_train_time
 
             if not math.isfinite(train_loss):
-                peak = norm_max.item()
-                exploding = tcfg.clip.max_norm is None and not (peak < 1e3)
-                error = Diverged(
-                    f"the training loss became {train_loss} in epoch {epoch}, step "
-                    f"{first_nonfinite(step_loss)} of {steps}. Likely causes: a learning rate too high "
-                    f"(optim.lr={conf.optim.lr}) or no gradient clipping (try "
-                    "trainer.clip.max_norm=1.0). checkpoints/best.pt keeps the best epoch before it."
-                )
-                if exploding:
-                    from dlrun.health import Finding
-
-                    error.health = [
-                        Finding(
-                            "exploding_gradients",
-                            f"the gradient norm reached {peak:.1e} in epoch {epoch} with clipping off",
-                            epoch,
-                            "high",
-                            "try trainer.clip.max_norm=1.0",
-                        ).as_dict()
-                    ]
-                raise error
+                raise diverged(train_loss, epoch, step_loss, steps, norm_max, stopper, conf)
             val = compute_metrics(
                 spec.task, y_val, predict(net, x_val, spec.task, tcfg.precision), tcfg.loss
             )
@@ -538,21 +540,6 @@ def fit_torch(
                 scheduler.step(record[monitor])
             if lr_tensors is not None:
                 pin_lr(optimizer, lr_tensors)
-            state = {
-                "epoch": epoch,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(),
-                "early_stopping": {
-                    "best": stopper.best,
-                    "best_epoch": stopper.best_epoch,
-                    "wait": stopper.wait,
-                },
-                "rng": rng_state(shuffle, device),
-                "train_time_s": train_time,
-                "config": config,
-            }
             if health is not None:
                 t_health = time.perf_counter()
                 record.update(health.measure())  # one probe batch: no cost in the steps
@@ -561,11 +548,30 @@ def fit_torch(
             record["epoch_time_s"] = time.perf_counter() - t_epoch
             history.append(record)
             if main:
-                save_checkpoint(ckpt_dir / "last.pt", state)
-                if improved:
-                    save_checkpoint(ckpt_dir / "best.pt", state)
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                state = {
+                    "epoch": epoch,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(),
+                    "early_stopping": {
+                        "best": stopper.best,
+                        "best_epoch": stopper.best_epoch,
+                        "wait": stopper.wait,
+                    },
+                    "rng": rng_state(shuffle, device),
+                    "train_time_s": train_time,
+                    "config": config,
+                    "history": history,  # metrics.jsonl can always be rebuilt from last.pt
+                }
+                # One commit point: best.pt first, then last.pt (the epoch exists once last.pt
+                # is renamed into place), then the metrics line, which last.pt can restore.
+                with stop.writing():
+                    if improved:
+                        save_checkpoint(ckpt_dir / "best.pt", state)
+                    save_checkpoint(ckpt_dir / "last.pt", state)
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
                 if progress is not None:
                     progress(record, improved)
             if world > 1:  # every rank stops at the same epoch when one was signalled
@@ -613,6 +619,38 @@ def fit_torch(
         cuda_graphs=run_steps is not None and bool(run_steps.graphs) and not run_steps.failed,
         startup_s=startup,
     )
+
+
+def diverged(train_loss, epoch, step_loss, steps, norm_max, stopper, conf) -> Diverged:
+    """The error of a NaN or infinite training loss: where, the likely causes, and what the
+    checkpoints really hold."""
+    peak = norm_max.item()
+    if stopper.best_epoch:
+        kept = (
+            f"checkpoints/best.pt keeps epoch {stopper.best_epoch}, the best before it "
+            f"({conf.trainer.early_stopping.monitor} {stopper.best:.4g})"
+        )
+    else:
+        kept = "no epoch finished, so no checkpoint was written"
+    error = Diverged(
+        f"the training loss became {train_loss} in epoch {epoch}, step "
+        f"{first_nonfinite(step_loss)} of {steps}. Likely causes: a learning rate too high "
+        f"(optim.lr={conf.optim.lr}) or no gradient clipping (try "
+        f"trainer.clip.max_norm=1.0). {kept}."
+    )
+    if conf.trainer.clip.max_norm is None and not (peak < 1e3):
+        from dlrun.health import Finding
+
+        error.health = [
+            Finding(
+                "exploding_gradients",
+                f"the gradient norm reached {peak:.1e} in epoch {epoch} with clipping off",
+                epoch,
+                "high",
+                "try trainer.clip.max_norm=1.0",
+            ).as_dict()
+        ]
+    return error
 
 
 def conf_dict(conf) -> dict:

@@ -1,18 +1,22 @@
 """Use a trained run: evaluate it again, predict new samples, export the network.
 
-    dlrun-eval run_dir=PATH [out_dir=PATH] [config overrides, e.g. data=iris data.test_split=0.3]
-    dlrun-predict run_dir=PATH input=FILE [output=FILE.csv]   (default: RUN/predictions/)
-    dlrun-export run_dir=PATH [format=onnx|torchscript] [output=FILE]   (default: RUN/export/)
+    dlrun-eval run_dir=PATH [out_dir=PATH] [data.path=... or data.root=... if the data moved]
+    dlrun-predict run_dir=PATH input=FILE [output=FILE.csv] [overwrite=true]
+    dlrun-export run_dir=PATH [format=onnx|torchscript] [output=FILE] [overwrite=true]
 
-Each reloads the run's resolved config (config.yaml) and its best model (checkpoints/best.pt, or
-the estimator's model file) and rebuilds the data exactly as training did (same split, same
-statistics from the training split). Nothing the run wrote is changed: evaluation goes to a new
-folder, predictions and exports to new files.
+Each reloads the run's resolved config (config.yaml, never resolving anything in it) and its best
+model (checkpoints/best.pt, or the estimator's model file) and rebuilds the data exactly as
+training did (same split, same statistics from the training split). Nothing the run wrote is
+changed: evaluation goes to a new folder, predictions and exports to new files (predictions/ and
+export/ by default), an existing file is replaced only with overwrite=true, and an input never.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +39,7 @@ def compose_from_run(run_dir: Path, overrides: list[str]):
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"run_dir: {run_dir} is not a dlrun run folder (it has no config.yaml).")
-    saved = OmegaConf.load(path)
+    saved = load_saved_config(path)
     switched = {o.split("=", 1)[0] for o in overrides if "." not in o.split("=", 1)[0]}
     choices = [f"{g}={saved[g].name}" for g in GROUPS if g in saved and g not in switched]
     load_catalog()
@@ -45,6 +49,46 @@ def compose_from_run(run_dir: Path, overrides: list[str]):
     cfg = OmegaConf.merge(cfg, kept)
     values = [o for o in overrides if "." in o.split("=", 1)[0]]
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(values)) if values else cfg
+
+
+def load_saved_config(path: Path):
+    """A run's config.yaml, refused if it holds an interpolation (`${oc.env:SECRET}`, say): dlrun
+    writes it fully resolved, so one there was put in by hand, and resolving it could read the
+    environment or run a resolver of whoever evaluates the run."""
+    import yaml
+
+    try:
+        saved = OmegaConf.load(path)
+    except (yaml.YAMLError, ValueError) as ex:
+        reason = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        raise UserError(f"{path} cannot be read as a run's config: {reason}") from None
+    found = interpolations(saved)
+    if found:
+        key, value = found[0]
+        raise UserError(
+            f"{path}: {key} holds '{value}', an interpolation. A run's config.yaml is written fully "
+            "resolved, so this one was edited after the run; dlrun does not resolve it (it could "
+            "read environment variables). Put the value itself there."
+        )
+    return saved
+
+
+def interpolations(node, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, text) of every interpolation in a config, without resolving any."""
+    from omegaconf import DictConfig, ListConfig
+
+    found = []
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        name = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}]"
+        child = node._get_node(key)
+        text = str(child._value())
+        if OmegaConf.is_interpolation(node, key) and re.search(r"(?<!\\)\$\{", text):
+            found.append((name, text))  # an escaped \${...} is plain text: not listed
+            continue
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none():
+            found += interpolations(child, f"{name}.")
+    return found
 
 
 class Trained:
@@ -100,11 +144,36 @@ class Trained:
         return predict(self.model, tensor, self.prep.spec.task, self.conf.trainer.precision)
 
 
+# What dlrun-eval may set: where the run's data and model are read and run, never which rows
+# are scored (a changed split would score rows the model trained on).
+EVAL_MAY_SET = ("data.path", "data.root", "data.storage", "trainer.device", "trainer.precision")
+
+
+def check_eval_overrides(overrides: list[str]) -> None:
+    from dlrun.errors import ConfigError
+
+    problems = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in EVAL_MAY_SET:
+            problems.append(
+                f"{key}: dlrun-eval scores the run's own validation and test rows with its own "
+                f"model, so it cannot change {key} (a changed split would score rows the model "
+                f"trained on). It may set: {', '.join(EVAL_MAY_SET)}. To score other samples, "
+                "use dlrun-predict."
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
 def evaluate(run_dir: Path, overrides: list[str], out_dir: Path) -> dict:
-    """Recompute val and test metrics of a run's best model; write them to out_dir."""
-    from dlrun.checkpoints import write_json
+    """Recompute val and test metrics of a run's best model; write them to out_dir (a new or
+    empty folder)."""
+    from dlrun import folders
+    from dlrun.checkpoints import atomic_write, write_json
     from dlrun.metrics import compute_metrics
 
+    check_eval_overrides(overrides)
     trained = Trained(run_dir, overrides)
     scores = {}
     for name in ("val", "test"):
@@ -112,13 +181,52 @@ def evaluate(run_dir: Path, overrides: list[str], out_dir: Path) -> dict:
         scores[name] = compute_metrics(
             trained.prep.spec.task, y, trained.outputs(x), trained.conf.trainer.loss
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(
-        OmegaConf.to_yaml(trained.cfg, resolve=True), encoding="utf-8"
-    )
-    result = {"run_dir": str(run_dir), "overrides": list(overrides), **scores}
-    write_json(out_dir / "metrics.json", result)
+    folders.claim_run(out_dir, "out_dir")
+    try:
+        text = OmegaConf.to_yaml(trained.cfg, resolve=True)
+        atomic_write(out_dir / "config.yaml", lambda f: f.write(text), mode="w")
+        result = {"run_dir": str(run_dir), "overrides": list(overrides), **scores}
+        write_json(out_dir / "metrics.json", result)
+    finally:
+        folders.release(out_dir)
     return result
+
+
+def free_eval_dir(root: Path = Path("outputs") / "eval") -> Path:
+    """outputs/eval/<date>/<time>, or <time>-2, -3, ... when that one is taken already."""
+    base = root / time.strftime("%Y-%m-%d/%H-%M-%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def check_output(output: Path, run_dir: Path, sources: list[Path], overwrite: bool) -> None:
+    """A file dlrun-predict or dlrun-export may write: never its input, never a record of the run
+    (only its predictions/ and export/ folders), and an existing file only when asked."""
+    output = Path(os.path.abspath(output))
+    for source in sources:
+        if source.exists() and output.exists() and os.path.samefile(source, output):
+            raise UserError(
+                f"output: {output} is the input file; dlrun never writes over its input. "
+                "Choose another output=."
+            )
+    run = Path(os.path.abspath(run_dir))
+    if output.is_relative_to(run) and not any(
+        output.is_relative_to(run / place) for place in ("predictions", "export")
+    ):
+        raise UserError(
+            f"output: {output} is inside the run folder {run}, whose records are never "
+            "overwritten; outputs go to its predictions/ or export/ folder, or outside it."
+        )
+    if output.exists() and not output.is_file():
+        raise UserError(f"output: {output} exists and is not a file. Choose another output=.")
+    if output.exists() and not overwrite:
+        raise UserError(
+            f"output: {output} already exists; it is never replaced unless you ask. Add "
+            "overwrite=true to replace it, or choose another output=."
+        )
 
 
 def read_input(path: Path, trained: Trained):
@@ -152,13 +260,14 @@ def read_input(path: Path, trained: Trained):
     raise UserError(f"input: {path} must be a .csv, .parquet or .npy file. Got '{path.suffix}'.")
 
 
-def predict_file(run_dir: Path, input_path: Path, output: Path) -> Path:
+def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool = False) -> Path:
     """A CSV of predictions (and class probabilities) for the samples in `input_path`."""
     import pandas as pd
 
     from dlrun.checkpoints import atomic_write
     from dlrun.data import adapt
 
+    check_output(output, run_dir, [input_path], overwrite)
     trained = Trained(run_dir)
     data, entry = trained.prep.data, trained.prep.entry
     raw = read_input(input_path, trained)
@@ -178,35 +287,116 @@ def predict_file(run_dir: Path, input_path: Path, output: Path) -> Path:
             else [f"prediction_{i}" for i in range(values.shape[1])]
         )
         frame = pd.DataFrame(values, columns=columns)
+    output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, lambda f: frame.to_csv(f, index=False), mode="w")
     return output
 
 
-def export(run_dir: Path, fmt: str, output: Path | None) -> Path:
-    """The run's best network as ONNX or TorchScript; checks the export against the original."""
+def raw_samples(data, n: int = 8) -> np.ndarray:
+    """A few test samples as the dataset loads them (what an exported model takes)."""
+    from dlrun.data import pixels_to_float
+
+    if data.stored is not None:  # images as loaded: pixels scaled to [0, 1], native size
+        return pixels_to_float(data.stored["test"][:n], data.pixel_max)
+    x = data.x_test[:n]
+    return x if data.norm is None else (x * data.norm[1] + data.norm[0]).astype(np.float32)
+
+
+def input_contract(data, raw: np.ndarray, fmt: str) -> dict:
+    """What an exported model takes and returns: names, order, dtype, shape."""
+    spec = data.spec
+    contract = {
+        "format": fmt,
+        "input": {
+            "name": "input",
+            "dtype": "float32",
+            "shape": ["batch", *raw.shape[1:]],
+            "what": "samples as the dataset loads them; normalization"
+            + (", resizing" if data.resize_to else "")
+            + " and the reshape for the model are inside the exported model",
+        },
+        "output": {
+            "name": "output",
+            "dtype": "float32",
+            "shape": ["batch", spec.out_features],
+            "what": "class probabilities, in the order of `classes`"
+            if spec.task == "classification"
+            else "predicted values in the target's own units",
+        },
+    }
+    if spec.kind == "image":
+        contract["input"]["what"] += "; image pixels scaled to [0, 1] (8-bit values / 255)"
+    if data.encoder is not None:
+        contract["input"]["features"] = encoded_features(data.encoder)
+        contract["input"]["what"] += (
+            "; a table's columns encoded as listed in `features` (numbers as they are, "
+            "categories one-hot or ordinal), with no missing values"
+        )
+    if spec.task == "classification":
+        contract["classes"] = list(spec.class_names or map(str, range(spec.num_classes)))
+    return contract
+
+
+def encoded_features(encoder) -> list[str]:
+    """The names of a table's encoded columns, in order: numbers, then `column=value` per
+    category (one-hot) or the category's code (ordinal)."""
+    names = list(encoder.numeric)
+    for column in encoder.categorical:
+        if encoder.how == "onehot":
+            names += [f"{column}={value}" for value in encoder.vocab[column]]
+        else:
+            names.append(column)
+    return names
+
+
+def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False) -> Path:
+    """The run's best network as ONNX or TorchScript, taking raw samples (its normalization
+    inside); checks the export against dlrun-predict's outputs and writes the input contract
+    beside it (`<file>.json`)."""
     import torch
 
+    from dlrun.checkpoints import atomic_write
+    from dlrun.data import adapt
+    from dlrun.nn import RawInputs
+
+    output = Path(output or run_dir / "export" / f"model.{'onnx' if fmt == 'onnx' else 'pt'}")
+    contract_path = output.with_name(output.name + ".json")
+    for path in (output, contract_path):
+        check_output(path, run_dir, [], overwrite)
     trained = Trained(run_dir, ["trainer.device=cpu"])
     if trained.prep.entry.family != "torch":
         raise UserError(
             f"format: only torch networks are exported; '{trained.conf.model.name}' is saved in its "
             f"own safe format already ({run_dir / 'checkpoints'})."
         )
-    model = trained.model.float().cpu().eval()
-    x = torch.as_tensor(trained.prep.splits["test"][0][:8])
-    output = Path(output or run_dir / "export" / f"model.{'onnx' if fmt == 'onnx' else 'pt'}")
+    data, spec, takes = trained.prep.data, trained.prep.spec, trained.prep.entry.takes
+    raw = raw_samples(data)  # (8, *as loaded)
+    model = RawInputs(
+        trained.model.float().cpu().eval(),
+        data.norm,
+        data.resize_to,
+        raw.shape[1:],
+        takes,
+        data.spec.kind,
+        spec.task == "classification",
+    ).eval()
+    x = torch.as_tensor(raw)
     output.parent.mkdir(parents=True, exist_ok=True)
+    encoded = dataclasses.replace(data, encoder=None)  # a table's samples come encoded here
+    expected = trained.outputs(adapt(encoded.transform(raw), data.spec, takes))  # dlrun-predict's
     with torch.no_grad():
-        expected = model(x).numpy()
         if fmt == "torchscript":
             scripted = torch.jit.trace(model, x)
-            scripted.save(str(output))
+            atomic_write(output, lambda f: torch.jit.save(scripted, f))
             got = torch.jit.load(str(output))(x).numpy()
         else:
             try:
                 import onnxruntime
             except ImportError:
                 raise UserError("format: 'onnx' needs pip install 'dlrun[export]'.") from None
+            # one file when it fits (ONNX keeps weights inline up to 2 GB); beyond, the weights
+            # go to <file>.data beside it, which must travel with the model
+            params = sum(p.numel() * p.element_size() for p in model.parameters())
             torch.onnx.export(
                 model,
                 (x,),
@@ -215,13 +405,19 @@ def export(run_dir: Path, fmt: str, output: Path | None) -> Path:
                 output_names=["output"],
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 dynamo=True,
+                external_data=params > 1.5e9,
             )
             session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
             got = session.run(None, {"input": x.numpy()})[0]
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise RuntimeError(
-            f"the exported model's outputs differ from the original's (max {np.abs(got - expected).max()})"
+            f"the exported model's outputs differ from dlrun-predict's (max {np.abs(got - expected).max()})"
         )
+    contract = input_contract(data, raw, fmt)
+    extra = output.with_name(output.name + ".data")
+    if fmt == "onnx" and extra.exists():
+        contract["external_data"] = extra.name  # keep it beside the model
+    atomic_write(contract_path, lambda f: f.write(json.dumps(contract, indent=2) + "\n"), mode="w")
     return output
 
 
@@ -267,14 +463,22 @@ def _guard(fn):
     return wrapped
 
 
+def _flag(options: dict, key: str) -> bool:
+    value = options.get(key, "false").lower()
+    if value not in ("true", "false"):
+        _fail(f"{key} must be true or false. Got '{options[key]}'.")
+    return value == "true"
+
+
 @_guard
 def main_eval(argv: list[str]) -> None:
-    usage = "usage: dlrun-eval run_dir=PATH [out_dir=PATH] [config overrides, e.g. data=iris]"
+    usage = (
+        "usage: dlrun-eval run_dir=PATH [out_dir=PATH] "
+        f"[{' / '.join(f'{k}=...' for k in EVAL_MAY_SET)}]"
+    )
     options, overrides = _parse(argv, {"run_dir", "out_dir"}, {"run_dir"}, usage)
     run_dir = Path(options["run_dir"])
-    out_dir = Path(
-        options.get("out_dir") or Path("outputs") / "eval" / time.strftime("%Y-%m-%d/%H-%M-%S")
-    )
+    out_dir = Path(options.get("out_dir") or free_eval_dir())
     result = evaluate(run_dir, overrides, out_dir)
     print(json.dumps({k: result[k] for k in ("val", "test")}, indent=2))
     print(f"written to {out_dir / 'metrics.json'}")
@@ -282,26 +486,42 @@ def main_eval(argv: list[str]) -> None:
 
 @_guard
 def main_predict(argv: list[str]) -> None:
-    usage = "usage: dlrun-predict run_dir=PATH input=FILE(.csv|.parquet|.npy) [output=FILE.csv]"
-    options, overrides = _parse(argv, {"run_dir", "input", "output"}, {"run_dir", "input"}, usage)
+    usage = (
+        "usage: dlrun-predict run_dir=PATH input=FILE(.csv|.parquet|.npy) [output=FILE.csv] "
+        "[overwrite=true]"
+    )
+    allowed = {"run_dir", "input", "output", "overwrite"}
+    options, overrides = _parse(argv, allowed, {"run_dir", "input"}, usage)
     if overrides:
         _fail(f"unknown option {overrides[0].split('=')[0]}.\n{usage}")
     source = Path(options["input"])
     run_dir = Path(options["run_dir"])
     output = Path(options.get("output") or run_dir / "predictions" / f"{source.stem}.csv")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    print(f"written to {predict_file(run_dir, source, output)}")
+    path = predict_file(run_dir, source, output, _flag(options, "overwrite"))
+    print(f"written to {path}")
 
 
 @_guard
 def main_export(argv: list[str]) -> None:
-    usage = "usage: dlrun-export run_dir=PATH [format=onnx|torchscript] [output=FILE]"
-    options, overrides = _parse(argv, {"run_dir", "format", "output"}, {"run_dir"}, usage)
+    usage = (
+        "usage: dlrun-export run_dir=PATH [format=onnx|torchscript] [output=FILE] [overwrite=true]"
+    )
+    allowed = {"run_dir", "format", "output", "overwrite"}
+    options, overrides = _parse(argv, allowed, {"run_dir"}, usage)
     if overrides:
         _fail(f"unknown option {overrides[0].split('=')[0]}.\n{usage}")
     fmt = options.get("format", "onnx")
     if fmt not in ("onnx", "torchscript"):
         _fail(f"format must be one of: onnx, torchscript. Got '{fmt}'.")
     output = options.get("output")
-    path = export(Path(options["run_dir"]), fmt, Path(output) if output else None)
-    print(f"written to {path} (outputs checked against the original model)")
+    run_dir = Path(options["run_dir"])
+    path = export(run_dir, fmt, Path(output) if output else None, _flag(options, "overwrite"))
+    contract = json.loads(path.with_name(path.name + ".json").read_text())
+    print(f"written to {path} (outputs checked against dlrun-predict's)")
+    print(
+        f"input: {contract['input']['dtype']} {contract['input']['shape']}: {contract['input']['what']}"
+    )
+    print(f"output: {contract['output']['shape']}: {contract['output']['what']}")
+    if "external_data" in contract:
+        print(f"its weights are in {contract['external_data']} beside it: keep the two together")
+    print(f"the whole contract: {path.with_name(path.name + '.json')}")

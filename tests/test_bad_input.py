@@ -61,7 +61,8 @@ def test_cli_exit_codes_and_no_half_written_folder(tmp_path):
     assert result.returncode == 2
     assert (
         result.stderr
-        == f"dlrun: cannot write {tmp_path / 'file' / 'run'}: Not a directory. Choose a writable hydra.run.dir.\n"
+        == f"dlrun: hydra.run.dir: cannot create the run folder {tmp_path / 'file' / 'run'}: Not a "
+        "directory. Choose a writable hydra.run.dir.\n"
     )
 
 

@@ -61,11 +61,23 @@ def test_evaluate_reproduces_the_run_exactly_and_predict_agrees(tmp_path, overri
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p in before} == before
 
 
-def test_evaluate_on_other_data_settings(tmp_path):
-    summary, run_dir = train(tmp_path, "trainer.max_epochs=3")
-    other = use.evaluate(run_dir, ["data.test_split=0.3"], tmp_path / "eval")
-    assert other["test"] != summary["test"]
-    assert "test_split: 0.3" in (tmp_path / "eval" / "config.yaml").read_text()
+def test_evaluate_refuses_a_changed_split(tmp_path):
+    """A changed split would score rows the model trained on (val accuracy 1.0): refused, with
+    every refused key named, and nothing written."""
+    _, run_dir = train(tmp_path, "trainer.max_epochs=1")
+    with pytest.raises(UserError) as refused:
+        use.evaluate(run_dir, ["data.test_split=0.3", "data=iris"], tmp_path / "eval")
+    message = str(refused.value)
+    assert message.startswith("2 problems in the config:")
+    assert "data.test_split: dlrun-eval scores the run's own validation and test rows" in message
+    assert "data: dlrun-eval scores" in message and "It may set: data.path, data.root" in message
+    assert not (tmp_path / "eval").exists()
+    result = cli(f"run_dir={run_dir}", "seed=3", cwd=tmp_path, tool="dlrun-eval")
+    assert result.returncode == 2 and result.stderr.startswith("dlrun: seed: dlrun-eval scores")
+    assert "Traceback" not in result.stderr
+    # where the data and the model are read and run may change
+    moved = use.evaluate(run_dir, ["trainer.device=cpu"], tmp_path / "eval")
+    assert moved["test"] == json.loads((run_dir / "summary.json").read_text())["test"]
 
 
 def test_predict_a_csv_table_with_categories(tmp_path):
@@ -104,23 +116,56 @@ def test_predict_a_csv_table_with_categories(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("model", ["mlp", "lstm"])
-def test_export_matches_the_original(tmp_path, fmt, model):
+@pytest.mark.parametrize("model", ["mlp", "lstm", "lenet5"])
+def test_export_takes_raw_samples_and_matches_predict(tmp_path, fmt, model):
+    """The exported model holds the normalization (and LeNet-5's resize, the image-rows reshape):
+    fed samples as the dataset loads them, it gives dlrun-predict's probabilities. It is one
+    file, and its contract is written beside it."""
     _, run_dir = train(tmp_path, f"model={model}", "trainer.max_epochs=1")
     path = use.export(run_dir, fmt, None)
     assert path.parent == run_dir / "export" and path.stat().st_size > 1000
-    trained = use.Trained(run_dir)
-    x = torch.as_tensor(trained.prep.splits["test"][0][:32])  # (B, *shape), more than export saw
-    with torch.no_grad():
-        expected = trained.model(x).numpy()
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f"{path.name}.json"])
+    x, _ = raw_test_samples(f"model={model}")  # uint8 pixels, 1x8x8
+    x = (x[:32] / np.float32(16)).astype(np.float32)  # digits' pixels are 0..16: scaled to [0, 1]
+    np.save(tmp_path / "x.npy", x)
+    predicted = pd.read_csv(use.predict_file(run_dir, tmp_path / "x.npy", tmp_path / "p.csv"))
+    expected = predicted.filter(like="proba_").to_numpy()
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"input": x.numpy()})[0]
+        got = session.run(None, {"input": x})[0]
     else:
-        got = torch.jit.load(str(path))(x).detach().numpy()
-    assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
+        got = torch.jit.load(str(path))(torch.as_tensor(x)).detach().numpy()
+    assert got.shape == (32, 10) and np.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    contract = json.loads((run_dir / "export" / f"{path.name}.json").read_text())
+    assert contract["input"]["shape"] == ["batch", 1, 8, 8]
+    assert "pixels scaled to [0, 1]" in contract["input"]["what"]
+    assert contract["classes"] == [str(k) for k in range(10)]
+    # a second export never replaces the first unless asked
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=r"already exists; it is never replaced unless you ask"):
+        use.export(run_dir, fmt, None)
+    assert path.read_bytes() == before
+    use.export(run_dir, fmt, None, overwrite=True)
+
+
+def test_export_of_a_table_lists_its_features_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"size": rng.normal(size=90) * 100, "colour": rng.choice(["b", "a"], 90)})
+    frame["y"] = (frame["size"] > 0).astype(int)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    _, run_dir = train(
+        tmp_path,
+        "data=csv",
+        f"data.path={tmp_path / 't.csv'}",
+        "data.target=y",
+        "trainer.max_epochs=2",
+    )
+    path = use.export(run_dir, "onnx", None)
+    contract = json.loads(path.with_name("model.onnx.json").read_text())
+    assert contract["input"]["features"] == ["size", "colour=a", "colour=b"]
+    assert contract["input"]["shape"] == ["batch", 3] and contract["classes"] == ["0", "1"]
 
 
 def test_cli_tools_give_clear_errors(tmp_path):

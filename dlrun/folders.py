@@ -1,0 +1,385 @@
+"""Run and sweep folders: each is claimed once, by one process, before anything is written in it.
+
+A run folder is claimed by creating its marker file `.dlrun-run` with O_EXCL: of several
+processes started into one folder exactly one wins, and the others stop with a clear message
+having written nothing. The claiming process also holds an advisory lock (flock) on the marker
+for as long as it runs, so a resume or `dlrun-report` can tell a run that is still going from one
+whose process was killed (the kernel drops the lock when a process dies). A sweep folder is
+claimed the same way (`.dlrun-sweep`, which also records how many jobs were planned), and only
+when it is new or empty: a sweep never writes into an earlier one.
+
+Hydra writes into a run folder before dlrun's task starts (`.hydra/`), so the claim is made in a
+Hydra callback (`RunFolders.on_run_start` / `on_multirun_start`) and dlrun writes `.hydra/`
+itself after claiming (`hydra.output_subdir` is null in configs/train.yaml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from dlrun.errors import UserError
+
+RUN_MARKER = ".dlrun-run"
+SWEEP_MARKER = ".dlrun-sweep"
+HYDRA_DIR = ".hydra"
+# What a claimed folder holds before its run has written anything of its own.
+STUBS = {RUN_MARKER, HYDRA_DIR}
+TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+@dataclass
+class Claim:
+    """A folder this process holds: the open, locked marker file, and whether we made the folder."""
+
+    path: Path
+    fd: int
+    created: bool
+
+
+# folder (resolved) -> its claim, for every folder this process holds
+_HELD: dict[Path, Claim] = {}
+
+
+def _key(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _lock(fd: int) -> bool:
+    """An exclusive, non-blocking flock; False when another process holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without locks (some network mounts): the O_EXCL claim stands
+        return True
+    return True
+
+
+def _owner(marker: Path, lead: str = "") -> str:
+    """' (pid N on HOST, started T)' from a marker file, or ''; only while that process runs."""
+    if not is_active(marker.parent, marker.name):
+        return ""
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(info, dict) or "pid" not in info:
+        return ""
+    return (
+        f" ({lead}pid {info['pid']} on {info.get('host', '?')}, started {info.get('started', '?')})"
+    )
+
+
+def _stamp(extra: dict | None = None) -> bytes:
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
+    }
+    return (json.dumps(info) + "\n").encode()
+
+
+def holds_run(path: Path) -> bool:
+    """Whether the folder already holds a run (of this dlrun, or written by an older one)."""
+    return any((path / name).exists() for name in (RUN_MARKER, "metrics.jsonl", "summary.json"))
+
+
+def claim_run(run_dir: Path, key: str = "hydra.run.dir") -> Claim:
+    """Make `run_dir` this process's run folder, or refuse (UserError) having written nothing.
+
+    Refused: a folder that holds a run, or anything else (a run writes only into a folder of its
+    own). A folder this process already holds is returned as it is.
+    """
+    run_dir = _key(run_dir)
+    if run_dir in _HELD:
+        return _HELD[run_dir]
+    marker = run_dir / RUN_MARKER
+    if key == "out_dir":
+        taken = f"out_dir: {run_dir} already holds results; they are never overwritten. Choose another out_dir."
+    else:
+        taken = (
+            f"the run folder {run_dir} already holds a run{_owner(marker, 'being written by ')}; "
+            f"a new run never overwrites one. Choose another {key}, or continue that run with "
+            f"trainer.resume={run_dir}."
+        )
+    if run_dir.is_dir():
+        if holds_run(run_dir):
+            raise UserError(taken)
+        others = sorted(p.name for p in run_dir.iterdir())
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise UserError(
+                f"{key}: {run_dir} is not empty (it holds {shown}); a run writes only into a "
+                "new or empty folder of its own. Choose another one."
+            )
+    elif run_dir.exists():
+        raise UserError(f"{key}: {run_dir} is a file, not a folder. Choose another {key}.")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:  # another process claimed it between our look and our create
+        raise UserError(taken) from None
+    except OSError as ex:
+        raise UserError(
+            f"{key}: cannot create the run folder {run_dir}: {ex.strerror or ex}. "
+            f"Choose a writable {key}."
+        ) from None
+    _lock(fd)
+    os.write(fd, _stamp())
+    claim = _HELD[run_dir] = Claim(run_dir, fd, created)
+    return claim
+
+
+def hold_run(run_dir: Path) -> Claim:
+    """Lock an existing run folder for this process (to resume it); refuse one in use."""
+    run_dir = _key(run_dir)
+    if run_dir in _HELD:
+        return _HELD[run_dir]
+    marker = run_dir / RUN_MARKER
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError as ex:
+        raise UserError(
+            f"trainer.resume: cannot open {marker}: {ex.strerror or ex}. Is {run_dir} writable?"
+        ) from None
+    if not _lock(fd):
+        os.close(fd)
+        raise UserError(
+            f"trainer.resume: {run_dir} is in use by another dlrun process{_owner(marker)}; "
+            "a run folder is written by one process at a time. Wait for it to end."
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, _stamp())
+    claim = _HELD[run_dir] = Claim(run_dir, fd, created=False)
+    return claim
+
+
+def is_active(folder: Path, marker_name: str = RUN_MARKER) -> bool:
+    """Whether a live process holds the folder's lock (a run or sweep that is still going)."""
+    import fcntl
+
+    marker = Path(folder) / marker_name
+    if _key(folder) in _HELD:
+        return True
+    try:
+        fd = os.open(marker, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the shared lock we may have taken
+    return False
+
+
+def release(run_dir: Path) -> None:
+    """Drop this process's lock on a folder (the marker stays: the folder holds a run)."""
+    claim = _HELD.pop(_key(run_dir), None)
+    if claim is not None:
+        os.close(claim.fd)
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """A claimed folder in which the run wrote nothing of its own (it stopped on a config or data
+    problem) is removed again: what we wrote (the marker, `.hydra/`), and the folder itself when
+    we made it. A folder that holds anything else is kept as it is."""
+    run_dir = _key(run_dir)
+    claim = _HELD.get(run_dir)
+    if claim is None or not run_dir.is_dir():
+        return
+    if not {p.name for p in run_dir.iterdir()} <= STUBS:
+        return
+    release(run_dir)
+    if claim.created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        shutil.rmtree(run_dir / HYDRA_DIR, ignore_errors=True)
+        (run_dir / RUN_MARKER).unlink(missing_ok=True)
+
+
+def write_hydra_files(run_dir: Path, task_cfg) -> None:
+    """`.hydra/config.yaml` (the composed task config, unresolved), `hydra.yaml` and
+    `overrides.yaml`, as Hydra would have written them: it is told not to, so that nothing is
+    written into a folder before it is claimed."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from dlrun.checkpoints import atomic_write
+
+    hydra_cfg = HydraConfig.instance().cfg  # {hydra: ...}
+    folder = Path(run_dir) / HYDRA_DIR
+    folder.mkdir(exist_ok=True)
+    files = {
+        "config.yaml": OmegaConf.to_yaml(task_cfg),
+        "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task),
+    }
+    for name, text in files.items():
+        atomic_write(folder / name, lambda f, text=text: f.write(text), mode="w")
+
+
+def check_task_name(name: Any) -> None:
+    """task_name names a folder under outputs/: no path separators, no '..'."""
+    text = str(name)
+    if not TASK_NAME.fullmatch(text) or ".." in text:
+        raise UserError(
+            "task_name must be a folder name: letters, digits, '.', '-' and '_', without '/' "
+            f"or '..' (runs go to outputs/<task_name>/). Got '{text}'."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def claim_sweep(sweep_dir: Path, planned: int | None) -> Claim:
+    """Make `sweep_dir` this process's sweep folder: new or empty, never an earlier sweep's."""
+    sweep_dir = _key(sweep_dir)
+    if sweep_dir in _HELD:
+        return _HELD[sweep_dir]
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise UserError(f"hydra.sweep.dir: {sweep_dir} is a file, not a folder.")
+    if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
+        what = "an earlier sweep" if (sweep_dir / SWEEP_MARKER).exists() else "files"
+        raise UserError(
+            f"hydra.sweep.dir: {sweep_dir} already holds {what}; a sweep never writes into an "
+            "earlier one (its jobs, leaderboard and configs stay as they are). Choose a new "
+            "hydra.sweep.dir."
+        )
+    created = not sweep_dir.exists()
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(sweep_dir / SWEEP_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        raise UserError(
+            f"hydra.sweep.dir: {sweep_dir} was just claimed by another dlrun sweep{_owner(sweep_dir / SWEEP_MARKER)}. "
+            "Choose a new hydra.sweep.dir."
+        ) from None
+    except OSError as ex:
+        raise UserError(
+            f"hydra.sweep.dir: cannot create {sweep_dir}: {ex.strerror or ex}. Choose a writable one."
+        ) from None
+    _lock(fd)
+    os.write(fd, _stamp({"planned": planned}))
+    claim = _HELD[sweep_dir] = Claim(sweep_dir, fd, created)
+    return claim
+
+
+def sweep_info(sweep_dir: Path) -> dict:
+    """What `.dlrun-sweep` recorded: planned jobs, start, end (empty for older sweeps)."""
+    try:
+        info = json.loads((Path(sweep_dir) / SWEEP_MARKER).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def finish_sweep(sweep_dir: Path) -> None:
+    """Record that every planned job was launched (the sweep ran to its end)."""
+    from dlrun.checkpoints import atomic_write
+
+    info = {**sweep_info(sweep_dir), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write(
+        Path(sweep_dir) / SWEEP_MARKER, lambda f: f.write(json.dumps(info) + "\n"), mode="w"
+    )
+
+
+def discard_unused_sweeps() -> None:
+    """A sweep of this process that stopped before any job ran leaves no folder behind."""
+    for path, claim in list(_HELD.items()):
+        if not (path / SWEEP_MARKER).exists() or not path.is_dir():
+            continue
+        if any(p.is_dir() and (p / RUN_MARKER).exists() for p in path.iterdir()):
+            continue
+        release(path)
+        if claim.created:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def planned_jobs(config) -> int | None:
+    """How many jobs a sweep will launch: the product of the sweep overrides' lengths for
+    Hydra's basic sweeper, n_trials for a search; None when it cannot be told."""
+    from omegaconf import OmegaConf
+
+    sweeper = config.hydra.sweeper
+    target = str(sweeper.get("_target_", ""))
+    if "n_trials" in sweeper:
+        return int(sweeper.n_trials)
+    if not target.endswith("BasicSweeper"):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = list(config.hydra.overrides.task)
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    overrides += [f"{k}={v}" for k, v in params.items()]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports a bad override itself, later
+        return None
+    total = 1
+    for override in parsed:
+        if override.is_sweep_override():
+            total *= len(list(override.sweep_string_iterator()))
+    return total
+
+
+class Refused(BaseException):
+    """A UserError from a Hydra callback. Hydra turns a callback's Exception into a warning and
+    goes on, so a refusal travels as a BaseException to dlrun's CLI, which prints `error`."""
+
+    def __init__(self, error: UserError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _refusing():
+    try:
+        yield
+    except UserError as ex:
+        raise Refused(ex) from None
+
+
+class RunFolders(Callback):
+    """Hydra callback: claim the run or sweep folder before Hydra writes anything in it, and
+    write a sweep's leaderboard when it ends (dlrun.sweep.report)."""
+
+    def on_run_start(self, config, **kwargs: Any) -> None:
+        with _refusing():
+            check_task_name(config.task_name)
+            if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks write no run folder
+                claim_run(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        with _refusing():
+            check_task_name(config.task_name)
+            claim_sweep(Path(str(config.hydra.sweep.dir)), planned_jobs(config))
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        from dlrun import sweep
+
+        sweep_dir = _key(Path(str(config.hydra.sweep.dir)))
+        if sweep_dir not in _HELD:  # not ours: never touch another sweep's folder
+            return
+        finish_sweep(sweep_dir)
+        release(sweep_dir)
+        sweep.report(sweep_dir)
