@@ -37,6 +37,11 @@ def plot_curves(records: list[dict], monitor: str):
     return fig
 
 
+# A confusion matrix with more classes than this is unreadable (a 219 x 219 one also took minutes
+# to draw): it is not drawn.
+MAX_CONFUSION_CLASSES = 30
+
+
 def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> object:
     """Test-set confusion matrix (rows: true class, columns: predicted class)."""
     plt = _pyplot()
