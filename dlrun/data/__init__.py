@@ -279,6 +279,7 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
                 raise UserError(
                     f"data: cannot make a stratified split for {what}: {int((counts < 2).sum())} of "
                     f"{len(counts)} classes have fewer than 2 samples among {len(rows)}."
+                    + _regression_hint(raw.spec)
                 )
         try:
             return train_test_split(
@@ -333,6 +334,15 @@ def _with_task(raw: RawData, task: str) -> RawData:
         class_names=tuple(str(int(v)) for v in values),
     )
     return dataclasses.replace(raw, y=codes.astype(np.int64), spec=spec)
+
+
+def _regression_hint(spec: DataSpec) -> str:
+    """For classes that are numbers (a table's whole-number target): how to predict them as one."""
+    try:
+        _class_values(spec)
+    except UserError:
+        return ""
+    return " The classes are numbers: data.task=regression predicts them as a number."
 
 
 def _class_values(spec: DataSpec) -> np.ndarray:
