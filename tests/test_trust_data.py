@@ -366,3 +366,21 @@ def test_prediction_rows_with_missing_values_get_advice_they_can_follow(tmp_path
         ),
     ):
         use.predict_file(run_dir, new, tmp_path / "out.csv")
+
+
+def test_prediction_arrays_with_nan_are_refused_not_predicted(tmp_path):
+    from dlrun import use
+
+    forest = ["model=random_forest", "model.n_estimators=5", "model.n_jobs=1"]
+    _, run_dir = train(tmp_path, *forest)  # digits: 1x8x8 images
+    x = np.zeros((3, 1, 8, 8), dtype=np.float32)
+    x[2, 0, 4, 5] = np.nan
+    np.save(tmp_path / "new.npy", x)
+    with pytest.raises(
+        UserError,
+        match=exactly(
+            f"input: {tmp_path / 'new.npy'} has 1 NaN input value(s); the first is sample 2, "
+            "channel 0, row 4, column 5. Clean the data."
+        ),
+    ):
+        use.predict_file(run_dir, tmp_path / "new.npy", tmp_path / "out.csv")

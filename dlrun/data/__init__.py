@@ -105,6 +105,8 @@ class DataModule:
         if self.pixel_max is not None and x.dtype == np.uint8:
             x = pixels_to_float(x, self.pixel_max)
         x = np.asarray(x, dtype=np.float32)
+        names = getattr(self.encoder, "feature_names", None)
+        _check_finite(x, np.arange(len(x)), self.spec, names, where=f"input: {shown}")
         if self.norm is not None:
             x = ((x - self.norm[0]) / self.norm[1]).astype(np.float32)
         if self.resize_to is not None:
@@ -209,9 +211,14 @@ def pixels_to_float(x: np.ndarray, pixel_max: int | None) -> np.ndarray:
 
 
 def _check_finite(
-    x: np.ndarray, rows: np.ndarray, spec: DataSpec, feature_names: tuple[str, ...] | None = None
+    x: np.ndarray,
+    rows: np.ndarray,
+    spec: DataSpec,
+    feature_names: tuple[str, ...] | None = None,
+    where: str | None = None,
 ) -> None:
-    """A NaN or infinite input is reported before training: how many, and where the first is."""
+    """A NaN or infinite input is reported before training (or prediction, `where` names the
+    input): how many, and where the first is."""
     if np.isfinite(x).all():
         return
     for what, bad in (("NaN", np.isnan(x)), ("infinite", np.isinf(x))):
@@ -223,9 +230,11 @@ def _check_finite(
             if what == "infinite"
             else ""
         )
+        where = where or f"data: {spec.name}"
+        first = f"sample {int(rows[sample])}, {_feature(spec, feature, feature_names)}"
         raise UserError(
-            f"data: {spec.name} has {int(bad.sum())} {what} input value(s){beyond}; the first is "
-            f"sample {int(rows[sample])}, {_feature(spec, feature, feature_names)}. Clean the data."
+            f"{where} has {int(bad.sum())} {what} input value(s){beyond}; the first is {first}. "
+            "Clean the data."
         )
 
 
