@@ -164,7 +164,7 @@ def test_the_task_rule_is_applied_and_logged(tmp_path, caplog):
     assert "holds floats (3 distinct values, all whole): regression" in caplog.text
     assert task("fractions") == "regression"
     assert task("flag") == "classification"
-    assert "target 'flag' holds booleans: classification" in caplog.text
+    assert "target 'flag' holds booleans: classification (2 classes)" in caplog.text
     with pytest.raises(UserError, match=r"^data.task: 'classification' needs one target of whole"):
         load("data=csv", f"data.path={path}", "data.target=fractions", "data.task=classification")
 

@@ -284,7 +284,7 @@ def read_target(
         distinct = None
         chosen = "classification"
         kind = "booleans" if types.is_bool_dtype(dtype) else "text"
-        why = f"target '{name}' holds {kind}: classification"
+        why = f"target '{name}' holds {kind}: classification ({len(pd.unique(values))} classes)"
         stray = _stray_text(column)
         if stray:
             log.warning(
