@@ -45,6 +45,19 @@ def compute_metrics(
     return {
         "rmse": mse**0.5,
         "mae": mae,
-        "r2": float(skm.r2_score(y_true, pred)),
+        "r2": r2(y_true, pred),
         "loss": mae if loss == "l1" else mse,
     }
+
+
+def r2(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """The coefficient of determination; NaN where it is undefined (a target without variance).
+
+    scikit-learn's default (`force_finite=True`) reports a constant target predicted exactly as a
+    perfect 1.0, a score the model did not earn. `dlrun.data.build_data` refuses a regression
+    split whose target is constant, so runs never meet the NaN."""
+    from sklearn.metrics import r2_score
+
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0: the NaN returned below
+        value = float(r2_score(y_true, pred, force_finite=False))
+    return value if np.isfinite(value) else float("nan")

@@ -21,13 +21,20 @@ def plot_curves(records: list[dict], monitor: str):
     plt = _pyplot()
     step = "round" if records and "round" in records[0] else "epoch"
     x = [r[step] for r in records]
-    losses = [k for k in ("train_loss", "val_loss", "train_rmse", "val_rmse") if k in records[0]]
+    # One quantity on the left axis, train and val: a regression's val_rmse beside its MSE
+    # losses was a flat line at the bottom (the units differ). XGBoost's rounds record their
+    # eval metric (rmse, mae) instead of a loss.
+    curves = [k for k in ("train_loss", "val_loss") if k in records[0]] or [
+        k for k in records[0] if k.startswith(("train_", "val_"))
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for key in losses:
+    for key in curves:
         axes[0].plot(x, [r[key] for r in records], label=key, marker="." if len(x) < 40 else None)
-    axes[0].set(xlabel=step, ylabel="loss", title="losses")
-    axes[0].legend()
-    metric = monitor if monitor in records[0] else losses[-1]
+    unit = curves[0].split("_", 1)[1] if curves else "loss"
+    axes[0].set(xlabel=step, ylabel=unit, title="losses")
+    if curves:
+        axes[0].legend()
+    metric = monitor if monitor in records[0] else curves[-1]
     axes[1].plot(
         x, [r[metric] for r in records], color="tab:green", marker="." if len(x) < 40 else None
     )
@@ -35,6 +42,11 @@ def plot_curves(records: list[dict], monitor: str):
     for ax in axes:
         ax.grid(alpha=0.3)
     return fig
+
+
+# A confusion matrix with more classes than this is unreadable (a 219 x 219 one also took minutes
+# to draw): it is not drawn.
+MAX_CONFUSION_CLASSES = 30
 
 
 def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> object:

@@ -412,10 +412,18 @@ def write_plots(run_dir: Path, history: list[dict], monitor: str, spec, y_test, 
     from dlrun import plots
 
     plots.save(plots.plot_curves(history, monitor), run_dir / "curves.png")
-    if spec.task == "classification":
-        names = spec.class_names or [str(k) for k in range(spec.num_classes)]
-        figure = plots.plot_confusion(y_test, outputs.argmax(axis=1), names)
-        plots.save(figure, run_dir / "confusion_matrix.png")
+    if spec.task != "classification":
+        return
+    if spec.num_classes > plots.MAX_CONFUSION_CLASSES:
+        log.info(
+            "confusion_matrix.png not drawn: %d classes are too many to read (at most %d)",
+            spec.num_classes,
+            plots.MAX_CONFUSION_CLASSES,
+        )
+        return
+    names = spec.class_names or [str(k) for k in range(spec.num_classes)]
+    figure = plots.plot_confusion(y_test, outputs.argmax(axis=1), names)
+    plots.save(figure, run_dir / "confusion_matrix.png")
 
 
 def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume=None, data=None):

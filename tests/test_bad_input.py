@@ -84,12 +84,15 @@ def test_nan_inputs_are_named_before_training(tmp_path):
     with pytest.raises(UserError, match=r"the feature columns b of .* hold infinite values"):
         train(tmp_path, "data=csv", f"data.path={tmp_path / 't.csv'}", "data.target=y")
 
-    from dlrun.data import RawData, _check_finite
+    from dlrun.data import DataSpec, RawData, _check_finite
 
     x = np.zeros((5, 3), dtype=np.float32)
     x[2, 1] = np.nan
-    with pytest.raises(UserError, match=r"the first is sample 12, feature \(1,\)"):
-        _check_finite(x, np.array([10, 11, 12, 13, 14]), "d")
+    spec = DataSpec("d", "regression", "tabular", (3,))
+    with pytest.raises(
+        UserError, match=r"1 NaN input value\(s\); the first is sample 12, feature 1 \('b'\)"
+    ):
+        _check_finite(x, np.array([10, 11, 12, 13, 14]), spec, ("a", "b", "c"))
     assert RawData  # the loaders' return type, checked by every dataset test
 
 

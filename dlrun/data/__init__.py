@@ -105,6 +105,8 @@ class DataModule:
         if self.pixel_max is not None and x.dtype == np.uint8:
             x = pixels_to_float(x, self.pixel_max)
         x = np.asarray(x, dtype=np.float32)
+        names = getattr(self.encoder, "feature_names", None)
+        _check_finite(x, np.arange(len(x)), self.spec, names, where=f"input: {shown}")
         if self.norm is not None:
             x = ((x - self.norm[0]) / self.norm[1]).astype(np.float32)
         if self.resize_to is not None:
@@ -146,6 +148,9 @@ class RawData:
     # Images whose pixels are whole numbers 0..pixel_max (255 for 8-bit files) keep them as uint8
     # in x; their values are x / pixel_max. They are stored that compactly on the device.
     pixel_max: int | None = None
+    # One name per feature of a flat sample, as errors show them (a table's columns; one-hot
+    # features as column=value). None: features are told by their index.
+    feature_names: tuple[str, ...] | None = None
 
 
 def build_data(cfg) -> DataModule:
@@ -166,7 +171,9 @@ def build_data(cfg) -> DataModule:
     pixel_max = raw.pixel_max if raw.encode is None else None
     xs = [pixels_to_float(x[rows], pixel_max) for rows in (train, val, test)]
     for rows, part in zip((train, val, test), xs, strict=True):
-        _check_finite(part, rows, raw.spec.name)
+        _check_finite(part, rows, raw.spec, raw.feature_names)
+    if raw.spec.task == "regression":
+        _check_target_varies(raw.y, (train, val, test), raw.spec.name)
     spec = raw.spec
     if raw.encode is not None:  # encoding decides the feature count (one-hot columns, say)
         spec = dataclasses.replace(spec, shape=tuple(xs[0].shape[1:]))
@@ -203,17 +210,70 @@ def pixels_to_float(x: np.ndarray, pixel_max: int | None) -> np.ndarray:
     return x / np.float32(pixel_max) if pixel_max is not None else x
 
 
-def _check_finite(x: np.ndarray, rows: np.ndarray, name: str) -> None:
-    """A NaN or infinite input is reported before training, by sample and feature."""
-    bad = ~np.isfinite(x)
-    if bad.any():
-        where = np.argwhere(bad)
-        sample, *feature = where[0]
-        raise UserError(
-            f"data: {name} has {int(bad.sum())} NaN or infinite input value(s); the first is sample "
-            f"{int(rows[sample])}, feature {tuple(int(i) for i in feature)}. Clean the data (or, for a "
-            "table, use data.missing=impute)."
+def _check_finite(
+    x: np.ndarray,
+    rows: np.ndarray,
+    spec: DataSpec,
+    feature_names: tuple[str, ...] | None = None,
+    where: str | None = None,
+) -> None:
+    """A NaN or infinite input is reported before training (or prediction, `where` names the
+    input): how many, and where the first is."""
+    if np.isfinite(x).all():
+        return
+    for what, bad in (("NaN", np.isnan(x)), ("infinite", np.isinf(x))):
+        if not bad.any():
+            continue
+        sample, *feature = (int(i) for i in np.argwhere(bad)[0])
+        beyond = (
+            f" (or beyond float32's range, ±{float(np.finfo(np.float32).max):.2g})"
+            if what == "infinite"
+            else ""
         )
+        where = where or f"data: {spec.name}"
+        first = f"sample {int(rows[sample])}, {_feature(spec, feature, feature_names)}"
+        raise UserError(
+            f"{where} has {int(bad.sum())} {what} input value(s){beyond}; the first is {first}. "
+            "Clean the data."
+        )
+
+
+def _feature(spec: DataSpec, index: list[int], names: tuple[str, ...] | None) -> str:
+    """Where one value sits in a sample, in the data's own terms."""
+    if spec.kind == "image" and len(index) == 3:
+        return "channel {}, row {}, column {}".format(*index)
+    if spec.kind == "sequence" and len(index) == 2:
+        return "time step {}, feature {}".format(*index)
+    if len(index) != len(spec.shape):  # resized or reshaped by its loader
+        return f"feature {tuple(index)}"
+    flat = int(np.ravel_multi_index(index, spec.shape))
+    if names is not None and len(names) > flat:
+        return f"feature {flat} ('{names[flat]}')"
+    return f"feature {flat}"
+
+
+def _check_target_varies(y: np.ndarray, parts, name: str) -> None:
+    """A regression target that takes a single value leaves nothing to learn (in all the data or
+    the training split) or makes r2 undefined (in val or test, where scikit-learn would report a
+    perfect 1.0)."""
+    y = y.reshape(len(y), -1)  # (N, T)
+    why = {
+        "all": "there is nothing to learn, and r2 is undefined",
+        "train": "a model learns nothing from it. Choose another split (data.split_seed, or "
+        "the rows of data.split_column)",
+        "val": "r2 is undefined there. Use a larger data.val_split, or another split",
+        "test": "r2 is undefined there. Use a larger data.test_split, or another split",
+    }
+    for split, rows in (("all", slice(None)), *zip(SPLITS, parts, strict=True)):
+        part = y[rows]
+        constant = np.ptp(part, axis=0) == 0 if len(part) else np.zeros(1, dtype=bool)
+        if constant.any():
+            value = f"{float(part[0, constant.argmax()]):g}"
+            where = f"all {len(part)}" if split == "all" else f"all {len(part)} {split}"
+            raise UserError(
+                f"data: the regression target of {name} takes a single value ({value}) in "
+                f"{where} samples; {why[split]}."
+            )
 
 
 def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -228,6 +288,7 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
                 raise UserError(
                     f"data: cannot make a stratified split for {what}: {int((counts < 2).sum())} of "
                     f"{len(counts)} classes have fewer than 2 samples among {len(rows)}."
+                    + _regression_hint(raw.spec)
                 )
         try:
             return train_test_split(
@@ -254,9 +315,13 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _with_task(raw: RawData, task: str) -> RawData:
-    """Read the target as `task` instead of the task the dataset declares (data.task)."""
+    """Read the target as `task` instead of the task the dataset declares (data.task).
+
+    Classes become regression targets by their values, which their names must give (digits
+    '0'..'9'); the class codes 0..K-1 are an order, not values to fit."""
     y = np.asarray(raw.y)
     if task == "regression":
+        values = _class_values(raw.spec)
         spec = dataclasses.replace(
             raw.spec,
             task="regression",
@@ -264,7 +329,7 @@ def _with_task(raw: RawData, task: str) -> RawData:
             class_names=None,
             num_targets=1 if y.ndim == 1 else y.shape[1],
         )
-        return dataclasses.replace(raw, y=y.astype(np.float32), spec=spec)
+        return dataclasses.replace(raw, y=values[y].astype(np.float32), spec=spec)
     values, codes = np.unique(y, return_inverse=True)
     if y.ndim != 1 or not np.all(np.mod(values, 1) == 0) or len(values) > 1000:
         raise UserError(
@@ -275,9 +340,40 @@ def _with_task(raw: RawData, task: str) -> RawData:
         raw.spec,
         task="classification",
         num_classes=len(values),
-        class_names=tuple(str(v) for v in values),
+        class_names=tuple(str(int(v)) for v in values),
     )
     return dataclasses.replace(raw, y=codes.astype(np.int64), spec=spec)
+
+
+def _regression_hint(spec: DataSpec) -> str:
+    """For classes that are numbers (a table's whole-number target): how to predict them as one."""
+    try:
+        _class_values(spec)
+    except UserError:
+        return ""
+    return " The classes are numbers: data.task=regression predicts them as a number."
+
+
+def _class_values(spec: DataSpec) -> np.ndarray:
+    """The number each class stands for, from its name; a dataset without class names is
+    labelled by the numbers it gives."""
+    if spec.class_names is None:
+        return np.arange(spec.num_classes, dtype=np.float64)
+    try:
+        values = np.array([float(name) for name in spec.class_names])
+    except ValueError:
+        shown = ", ".join(repr(n) for n in spec.class_names[:4])
+        more = ", ..." if len(spec.class_names) > 4 else ""
+        raise UserError(
+            f"data.task: 'regression' needs a target of numbers, but the classes of "
+            f"'{spec.name}' are names ({shown}{more}). Leave data.task unset to classify them."
+        ) from None
+    if not np.isfinite(values).all():
+        raise UserError(
+            f"data.task: 'regression' needs finite numbers; the classes of '{spec.name}' include "
+            f"{', '.join(n for n, v in zip(spec.class_names, values, strict=True) if not np.isfinite(v))}."
+        )
+    return values
 
 
 def resize_images(x: np.ndarray, size: int) -> np.ndarray:
@@ -293,9 +389,18 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
 
 def _statistics(spec: DataSpec, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of the training split: per channel for images, per feature otherwise.
-    Shaped (1, ...) to broadcast over a batch of samples."""
+    Shaped (1, ...) to broadcast over a batch of samples; float32 like the samples.
+
+    Computed in float64, a block of samples at a time: float32 squares overflow beyond 1.8e19
+    (features of magnitude 1e30 gave an infinite std), and a float64 copy of a whole image set
+    would take twice its memory."""
     axes = (0, 2, 3) if spec.kind == "image" else tuple(range(train.ndim - 1))
-    mean = train.mean(axis=axes, keepdims=True)
-    std = train.std(axis=axes, keepdims=True)
+    mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
+    squares = np.zeros_like(mean)
+    block = max(1, 2**22 // max(1, math.prod(train.shape[1:])))  # samples per float64 block
+    for start in range(0, len(train), block):
+        deviation = train[start : start + block].astype(np.float64) - mean
+        squares += np.square(deviation).sum(axis=axes, keepdims=True)
+    std = np.sqrt(squares / max(1, train.size // mean.size)).astype(np.float32)
     std[std == 0] = 1.0  # constant pixels or features stay at zero instead of dividing by 0
-    return mean, std
+    return mean.astype(np.float32), std

@@ -6,14 +6,19 @@ encoded. Missing feature values are an error unless `data.missing=impute`, which
 statistics of the training rows (median for numbers, most frequent value for text). The
 encoders and imputers are fitted on the training rows only, inside `RawData.encode`.
 
-The task follows the target column: floats are regression; integers, booleans and text are
-classification (the classes are the sorted distinct values).
+The task follows the target column (`data.task` overrides it), and a log line says which and why:
+text and booleans are classification; numbers with fractions are regression; whole numbers
+(an integer column) are classification when they take at most 20 distinct values (labels, counts
+of rooms) and regression when they take more (prices, ages). A float column is regression even
+when its values are whole. Regression keeps the target's values, in its own units;
+classification codes the sorted distinct values as classes 0..K-1.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +35,8 @@ log = logging.getLogger("dlrun")
 
 SPLITS = ("train", "val", "test")
 FORMATS = {"csv": "a CSV file", "parquet": "a Parquet file"}
+MAX_WHOLE_NUMBER_CLASSES = 20  # an integer target with more distinct values is regression
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # features and targets are float32 in training
 
 
 @dataclass
@@ -113,17 +120,32 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
             f"Columns: {_listed(columns)}."
         )
 
-    y, task, classes = read_target(df[cfg.target], cfg.target, shown)
+    y, task, classes = read_target(df[cfg.target], cfg.target, shown, cfg.task)
     fixed_split = (
         None if cfg.split_column is None else read_split(df[cfg.split_column], cfg.split_column)
     )
     table, numeric, categorical = feature_table(df, features)
     check_missing(table, cfg.missing, shown)
-    check_finite(table, numeric, shown)
+    check_finite(table, numeric, shown, cfg.missing == "impute")
 
     vocab = {c: sorted(set(table[c].dropna())) for c in categorical}
     for column, values in vocab.items():
-        if cfg.categorical == "onehot" and len(values) > 100:
+        stray = _stray_text(table[column])
+        if stray:
+            encoded = (
+                f"one-hot encoded into {len(values)} features"
+                if cfg.categorical == "onehot"
+                else "ordinal encoded (its numbers ordered as text)"
+            )
+            log.warning(
+                "column '%s' holds numbers, but %s: it is read as text and %s. Make those values "
+                "numbers, or leave those cells empty to mark them missing (data.missing=impute "
+                "fills them).",
+                column,
+                stray,
+                encoded,
+            )
+        elif cfg.categorical == "onehot" and len(values) > 100:
             log.warning(
                 "column '%s' has %d distinct values: one-hot encoding makes a feature of each. "
                 "Leave it out with data.features, or use data.categorical=ordinal.",
@@ -142,7 +164,14 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         class_names=classes,
     )
     encode = TableEncoder(numeric, categorical, vocab, cfg.categorical, cfg.missing == "impute")
-    return RawData(table, y, spec, fixed_split=fixed_split, encode=encode)
+    return RawData(
+        table,
+        y,
+        spec,
+        fixed_split=fixed_split,
+        encode=encode,
+        feature_names=encode.feature_names,
+    )
 
 
 def read_table(path_text: str, fmt: str):
@@ -164,6 +193,13 @@ def read_table(path_text: str, fmt: str):
             f"data.path: {shown} is empty (0 bytes). Give {what} with a header row and rows of data."
         )
     try:
+        twice = sorted(name for name, n in Counter(header(path, fmt)).items() if name and n > 1)
+        if twice:
+            raise UserError(
+                f"data.path: {shown} has more than one column named "
+                f"{', '.join(map(repr, twice))}; column names must be unique. Rename or drop "
+                "the copies."
+            )
         df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise UserError(
@@ -185,8 +221,28 @@ def read_table(path_text: str, fmt: str):
     return df, shown
 
 
-def read_target(column, name: str, shown) -> tuple[np.ndarray, str, tuple[str, ...] | None]:
-    """(y, task, class names): floats are regression; integers, booleans and text are classes."""
+def header(path: Path, fmt: str) -> list[str]:
+    """The column names as the file spells them, duplicates kept (pandas renames a second 'a' to
+    'a.1' in a CSV). The CSV header is read by pandas too, so compression and quoting agree."""
+    import pandas as pd
+
+    if fmt == "csv":
+        first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+        return [str(name) for name in first.iloc[0]]
+    import pyarrow.dataset
+    import pyarrow.parquet
+
+    if path.is_dir():  # a folder of Parquet files, as pandas reads it
+        return list(pyarrow.dataset.dataset(path, format="parquet").schema.names)
+    return list(pyarrow.parquet.read_schema(path).names)
+
+
+def read_target(
+    column, name: str, shown, task: str | None = None
+) -> tuple[np.ndarray, str, tuple[str, ...] | None]:
+    """(y, task, class names). Regression keeps the column's values (float32); classification
+    codes the sorted distinct values 0..K-1. The task is `task` (data.task) when given, else the
+    rule in this module's docstring; a log line says which and why."""
     import pandas as pd
     from pandas.api import types
 
@@ -200,14 +256,6 @@ def read_target(column, name: str, shown) -> tuple[np.ndarray, str, tuple[str, .
             "or drop those rows (data.missing=impute fills features only)."
         )
     dtype = column.dtype
-    if types.is_float_dtype(dtype):
-        y = column.to_numpy(dtype=np.float32)
-        if not np.isfinite(y).all():
-            raise UserError(
-                f"data.target: column '{name}' of {shown} has {int((~np.isfinite(y)).sum())} "
-                "infinite values; a regression target must be finite."
-            )
-        return y, "regression", None
     if (
         types.is_complex_dtype(dtype)
         or types.is_datetime64_any_dtype(dtype)
@@ -218,27 +266,95 @@ def read_target(column, name: str, shown) -> tuple[np.ndarray, str, tuple[str, .
             f"data.target: column '{name}' of {shown} holds {dtype} values. A target must hold "
             "numbers (regression), or integers, booleans or text (classification)."
         )
-    values = column.to_numpy(dtype=object)
-    distinct = list(pd.unique(values))
-    try:
-        classes = sorted(distinct)
-    except TypeError:  # text mixed with numbers
-        classes = sorted(distinct, key=str)
+    if types.is_numeric_dtype(dtype) and not types.is_bool_dtype(dtype):
+        values = column.to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UserError(
+                f"data.target: column '{name}' of {shown} has {int((~np.isfinite(values)).sum())} "
+                "infinite values; a target must be finite."
+            )
+        beyond = _beyond_float32({name: values}, shown)
+        if beyond:
+            raise UserError(f"data.target: {beyond}; rescale it.")
+        distinct = np.unique(values)
+        whole = bool(np.all(np.mod(distinct, 1) == 0))
+        chosen, why = _target_task(name, types.is_integer_dtype(dtype), whole, len(distinct))
+    else:
+        values = column.to_numpy(dtype=object)
+        distinct = None
+        chosen = "classification"
+        kind = "booleans" if types.is_bool_dtype(dtype) else "text"
+        why = f"target '{name}' holds {kind}: classification ({len(pd.unique(values))} classes)"
+        stray = _stray_text(column)
+        if stray:
+            log.warning(
+                "target '%s' holds numbers, but %s: it is read as text, each distinct value a "
+                "class. Make those values numbers to predict the target as a number.",
+                name,
+                stray,
+            )
+    if task is None:
+        task = chosen
+        log.info("%s", why)
+    elif task != chosen:
+        log.info("target '%s' read for %s, as data.task says", name, task)
+
+    if task == "regression":
+        if distinct is None:
+            raise UserError(
+                f"data.task: 'regression' needs a target of numbers; column '{name}' of {shown} "
+                f"holds {kind} ({_examples(pd.unique(values))})."
+            )
+        if len(distinct) < 2:
+            raise UserError(
+                f"data.target: column '{name}' of {shown} holds a single value ({_number(distinct[0])}) "
+                f"in all {len(values)} rows; a regression target must vary (there is nothing "
+                "to learn, and r2 is undefined)."
+            )
+        return values.astype(np.float32), "regression", None
+
+    if distinct is not None:  # numbers as classes: their sorted values
+        if not whole:
+            raise UserError(
+                f"data.task: 'classification' needs one target of whole-number classes; column "
+                f"'{name}' of {shown} holds {len(distinct)} distinct numbers, not all whole."
+            )
+        classes = [_number(v) for v in distinct]
+        y = np.searchsorted(distinct, values).astype(np.int64)
+    else:
+        unique = list(pd.unique(values))
+        try:
+            ordered = sorted(unique)
+        except TypeError:  # text mixed with numbers
+            ordered = sorted(unique, key=str)
+        index = {value: i for i, value in enumerate(ordered)}
+        y = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+        classes = [str(c) for c in ordered]
     if len(classes) < 2:
         raise UserError(
             f"data.target: column '{name}' of {shown} has a single value ({classes[0]!r}); "
             "classification needs at least two classes."
         )
-    if types.is_integer_dtype(dtype) and len(classes) > 100:
-        log.warning(
-            "target '%s' holds integers and is read as %d classes; add data.task=regression "
-            "to predict it as a number.",
-            name,
-            len(classes),
+    return y, "classification", tuple(classes)
+
+
+def _target_task(name: str, integers: bool, whole: bool, count: int) -> tuple[str, str]:
+    """The task a numeric target gets by the rule, and the log line that says why."""
+    if integers:
+        many = count > MAX_WHOLE_NUMBER_CLASSES
+        task, other = ("regression", "classification") if many else ("classification", "regression")
+        reads = "reads them as classes" if many else "predicts them as numbers"
+        limit = "more than" if many else "at most"
+        return task, (
+            f"target '{name}' holds {count} distinct whole numbers: {task} ({limit} "
+            f"{MAX_WHOLE_NUMBER_CLASSES} distinct values); data.task={other} {reads}"
         )
-    index = {value: i for i, value in enumerate(classes)}
-    y = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
-    return y, "classification", tuple(str(c) for c in classes)
+    if whole:
+        return "regression", (
+            f"target '{name}' holds floats ({count} distinct values, all whole): regression; "
+            "data.task=classification reads them as classes"
+        )
+    return "regression", f"target '{name}' holds numbers with fractions: regression"
 
 
 def read_split(column, name: str) -> np.ndarray:
@@ -287,25 +403,87 @@ def feature_table(df, features: list[str]):
     return table, numeric, categorical
 
 
-def check_missing(table, missing: str, shown) -> None:
+def check_missing(table, missing: str, shown, new_rows: bool = False) -> None:
+    """Missing feature values are an error under data.missing=error. `new_rows`: rows given to a
+    trained run (dlrun-predict), which can no longer change how it was trained."""
     counts = {name: int(n) for name, n in table.isna().sum().items() if n}
-    if counts and missing == "error":
-        listed = ", ".join(f"{name} ({n})" for name, n in counts.items())
+    if not counts or missing != "error":
+        return
+    listed = ", ".join(f"{name} ({n})" for name, n in counts.items())
+    columns = f"{len(counts)} feature column{'s' if len(counts) > 1 else ''}: {listed}"
+    if new_rows:
         raise UserError(
-            f"data.missing is 'error', which allows no missing values, but {shown} has missing "
-            f"values in {len(counts)} feature column{'s' if len(counts) > 1 else ''}: {listed}. "
-            "Add data.missing=impute to fill them from the training rows (median for numbers, "
-            "most frequent value for text), or fill them in the file."
+            f"input: {shown} has missing values in {columns}. This run was trained with "
+            "data.missing=error, so it has no imputation values to fill them with: fill them in "
+            "the file, or train again with data.missing=impute."
         )
+    raise UserError(
+        f"data.missing is 'error', which allows no missing values, but {shown} has missing "
+        f"values in {columns}. Add data.missing=impute to fill them from the training rows "
+        "(median for numbers, most frequent value for text), or fill them in the file."
+    )
 
 
-def check_finite(table, numeric: list[str], shown) -> None:
+def check_finite(table, numeric: list[str], shown, impute: bool, new_rows: bool = False) -> None:
+    """Numeric features must be finite and fit float32, the dtype they are trained in."""
+    key = "input" if new_rows else "data.path"
     infinite = [name for name in numeric if np.isinf(table[name].to_numpy()).any()]
     if infinite:
+        empty = ""
+        if impute:
+            empty = " (or empty: this run fills missing values)" if new_rows else " (or missing)"
         raise UserError(
-            f"data.path: the feature columns {', '.join(infinite)} of {shown} hold infinite "
-            "values; features must be finite numbers (or missing, with data.missing=impute)."
+            f"{key}: the feature columns {', '.join(infinite)} of {shown} hold infinite "
+            f"values; features must be finite numbers{empty}."
         )
+    beyond = _beyond_float32({name: table[name].to_numpy() for name in numeric}, shown)
+    if beyond:
+        advice = "this run was trained on float32 features" if new_rows else "rescale it"
+        raise UserError(f"{key}: {beyond}; {advice}.")
+
+
+def _beyond_float32(columns: dict[str, np.ndarray], shown) -> str:
+    """What says which columns hold finite values too large for float32, or ''."""
+    found = []
+    for name, values in columns.items():
+        finite = values[np.isfinite(values)]
+        if finite.size and np.abs(finite).max() > FLOAT32_MAX:
+            found.append((name, finite[np.argmax(np.abs(finite))]))
+    if not found:
+        return ""
+    limit = f"beyond float32's range (±{FLOAT32_MAX:.2g})"
+    if len(found) == 1:
+        name, extreme = found[0]
+        return f"column '{name}' of {shown} holds values up to {extreme:.3g}, {limit}"
+    listed = ", ".join(f"'{name}' (up to {extreme:.3g})" for name, extreme in found)
+    return f"columns {listed} of {shown} hold values {limit}"
+
+
+def _stray_text(column) -> str:
+    """For a text column that mostly holds numbers, what says how many values are not numbers
+    ("3 of its 200 values are not numbers: '?', 'unknown'"); else ''."""
+    import pandas as pd
+
+    present = column.dropna()
+    numbers = pd.to_numeric(present.astype(str), errors="coerce")
+    others = present[numbers.isna().to_numpy()]
+    if len(others) == 0 or len(others) * 2 > len(present):
+        return ""
+    return (
+        f"{len(others)} of its {len(present)} values are not numbers: "
+        f"{_examples(pd.unique(others.to_numpy()))}"
+    )
+
+
+def _examples(values, limit: int = 3) -> str:
+    shown = ", ".join(repr(str(v)) for v in values[:limit])
+    return shown + (f", ... ({len(values)} distinct)" if len(values) > limit else "")
+
+
+def _number(value: float) -> str:
+    """A class name or value as a person writes it: 3, not 3.0."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.10g}"
 
 
 class TableEncoder:
@@ -320,6 +498,17 @@ class TableEncoder:
     def __init__(self, numeric, categorical, vocab, how: str, impute: bool):
         self.numeric, self.categorical, self.vocab = numeric, categorical, vocab
         self.how, self.impute = how, impute
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The name of each encoded feature: the column, or for one-hot `column=value`."""
+        names = list(self.numeric)
+        for column in self.categorical:
+            if self.how == "onehot":
+                names += [f"{column}={value}" for value in self.vocab[column]]
+            else:
+                names.append(column)
+        return tuple(names)
 
     def __call__(self, table, train_rows: np.ndarray) -> np.ndarray:
         train = table.iloc[train_rows]
@@ -363,8 +552,8 @@ class TableEncoder:
             text[column.isna().to_numpy()] = np.nan
             data[name] = text
         table = pd.DataFrame(data, index=df.index)[columns]
-        check_missing(table, "impute" if self.impute else "error", shown)
-        check_finite(table, self.numeric, shown)
+        check_missing(table, "impute" if self.impute else "error", shown, new_rows=True)
+        check_finite(table, self.numeric, shown, self.impute, new_rows=True)
         return self._encode(table)
 
     def _transformer(self):
