@@ -146,7 +146,8 @@ def claim_run(run_dir: Path, key: str = "hydra.run.dir") -> Claim:
 
 
 def hold_run(run_dir: Path) -> Claim:
-    """Lock an existing run folder for this process (to resume it); refuse one in use."""
+    """Lock an existing run folder for this process (to resume it); refuse one in use. Nothing
+    in it changes until the resume starts writing (`stamp`)."""
     run_dir = _key(run_dir)
     if run_dir in _HELD:
         return _HELD[run_dir]
@@ -163,10 +164,16 @@ def hold_run(run_dir: Path) -> Claim:
             f"trainer.resume: {run_dir} is in use by another dlrun process{_owner(marker)}; "
             "a run folder is written by one process at a time. Wait for it to end."
         )
-    os.ftruncate(fd, 0)
-    os.write(fd, _stamp())
     claim = _HELD[run_dir] = Claim(run_dir, fd, created=False)
     return claim
+
+
+def stamp(run_dir: Path) -> None:
+    """Name this process in the marker of a folder it holds (once a resume starts writing)."""
+    claim = _HELD.get(_key(run_dir))
+    if claim is not None:
+        os.ftruncate(claim.fd, 0)
+        os.pwrite(claim.fd, _stamp(), 0)
 
 
 def is_active(folder: Path, marker_name: str = RUN_MARKER) -> bool:

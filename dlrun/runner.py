@@ -58,7 +58,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
 
 def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started: float) -> dict:
     """Fit, evaluate and write the run folder; a run that stops early records why."""
-    from dlrun import distributed
+    from dlrun import distributed, folders
     from dlrun.report import print_summary, run_log
 
     with run_log(run_dir) if main else contextlib.nullcontext():
@@ -66,6 +66,8 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
             if resume is None:
                 text = OmegaConf.to_yaml(cfg, resolve=True)
                 atomic_write(run_dir / "config.yaml", lambda f: f.write(text), mode="w")
+            else:
+                folders.stamp(run_dir)
             write_json(run_dir / "summary.json", running_summary(conf, run_dir))
 
         from dlrun.metrics import compute_metrics
@@ -444,7 +446,7 @@ def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume
     if spec.task == "regression":
         from dlrun.nn import TargetScaled
 
-        y = splits["train"][1].reshape(len(splits["train"][1]), -1)  # (N, T)
+        y = splits["train"][1].reshape(len(splits["train"][1]), -1).astype(np.float64)  # (N, T)
         model = TargetScaled(model, y.mean(axis=0), np.maximum(y.std(axis=0), 1e-8))
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s trainable parameters on %s", f"{params:,}", device)
