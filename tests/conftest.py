@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -46,6 +47,31 @@ def train(tmp_path: Path, *overrides: str, name: str = "run") -> tuple[dict, Pat
     run_dir = tmp_path / name
     summary = run(make_cfg(*overrides), run_dir)
     return summary, run_dir
+
+
+@contextlib.contextmanager
+def sigint_after_epoch(monkeypatch, k: int):
+    """Send SIGINT to this process once epoch k is recorded (as Ctrl-C would)."""
+    import signal
+
+    import dlrun.report
+
+    real = dlrun.report.epoch_progress
+
+    @contextlib.contextmanager
+    def progress(max_epochs, monitor):
+        with real(max_epochs, monitor) as on_epoch:
+
+            def hook(record, improved):
+                on_epoch(record, improved)
+                if record["epoch"] == k:
+                    signal.raise_signal(signal.SIGINT)
+
+            yield hook
+
+    monkeypatch.setattr(dlrun.report, "epoch_progress", progress)
+    yield
+    monkeypatch.setattr(dlrun.report, "epoch_progress", real)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics, train
+from conftest import read_metrics, sigint_after_epoch, train
 from dlrun.checkpoints import load_checkpoint
 from dlrun.errors import ConfigError, Diverged, Interrupted, UserError
 
@@ -23,29 +22,6 @@ BIN = Path(sys.executable).parent
 
 def without_times(records):
     return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
-
-
-@contextlib.contextmanager
-def sigint_after_epoch(monkeypatch, k: int):
-    """Send SIGINT to this process once epoch k is recorded (as Ctrl-C would)."""
-    import dlrun.report
-
-    real = dlrun.report.epoch_progress
-
-    @contextlib.contextmanager
-    def progress(max_epochs, monitor):
-        with real(max_epochs, monitor) as on_epoch:
-
-            def hook(record, improved):
-                on_epoch(record, improved)
-                if record["epoch"] == k:
-                    signal.raise_signal(signal.SIGINT)
-
-            yield hook
-
-    monkeypatch.setattr(dlrun.report, "epoch_progress", progress)
-    yield
-    monkeypatch.setattr(dlrun.report, "epoch_progress", real)
 
 
 @pytest.mark.parametrize("model", ["mlp", "lstm"])

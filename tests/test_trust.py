@@ -3,7 +3,6 @@ commit point, stopping mid-write, full disks, file modes, and what other command
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, cli, read_metrics, train
+from conftest import BIN, cli, read_metrics, sigint_after_epoch, train
 from dlrun.checkpoints import load_checkpoint
 from dlrun.errors import Interrupted, UserError
 
@@ -144,31 +143,8 @@ def test_files_follow_the_umask(tmp_path):
 ARGS = ("trainer.max_epochs=4", "sched=cosine", "model.dropout=0.2")
 
 
-@contextlib.contextmanager
-def on_epoch(monkeypatch, k: int, action):
-    """Call `action()` once epoch k is recorded."""
-    import dlrun.report
-
-    real = dlrun.report.epoch_progress
-
-    @contextlib.contextmanager
-    def progress(max_epochs, monitor):
-        with real(max_epochs, monitor) as callback:
-
-            def hook(record, improved):
-                callback(record, improved)
-                if record["epoch"] == k:
-                    action()
-
-            yield hook
-
-    monkeypatch.setattr(dlrun.report, "epoch_progress", progress)
-    yield
-    monkeypatch.setattr(dlrun.report, "epoch_progress", real)
-
-
 def cut_after(tmp_path, monkeypatch, k: int, name: str = "cut") -> Path:
-    with on_epoch(monkeypatch, k, lambda: signal.raise_signal(signal.SIGINT)):
+    with sigint_after_epoch(monkeypatch, k):
         with pytest.raises(Interrupted):
             train(tmp_path, *ARGS, name=name)
     return tmp_path / name
