@@ -177,6 +177,8 @@ def describe_hydra_error(ex: BaseException, config_dir, argv=()) -> str | None:
         if converted:
             kind = _TYPE_WORDS.get(converted["type"], converted["type"].lower())
             return f"{key} must be {kind}. Got '{converted['value']}'."
+        if "is not Optional" in str(cause):
+            return f"{key} cannot be null."
         return f"{key}: {str(cause).splitlines()[0]}"
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         key = getattr(cause, "full_key", None) or "?"
@@ -185,7 +187,11 @@ def describe_hydra_error(ex: BaseException, config_dir, argv=()) -> str | None:
         key = getattr(cause, "full_key", None) or "?"
         return f"{key} is required and has no value."
     if isinstance(ex, ConfigCompositionException):
-        return str(ex).splitlines()[0]
+        lines = str(ex).splitlines()
+        if len(lines) > 1 and lines[0].endswith("raised while composing config:"):
+            # "In 'model/x': ValidationError raised while composing config:" and the reason
+            return f"{lines[0].split(':')[0]}: {lines[1]}"
+        return lines[0]
     if isinstance(cause, OmegaConfBaseException):
         return str(cause).splitlines()[0]
     return None

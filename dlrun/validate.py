@@ -13,10 +13,10 @@ import re
 import typing
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dlrun.config import Rule, TrainConfig
-from dlrun.errors import ConfigError, did_you_mean, not_a_setting, not_one_of
+from dlrun.errors import ConfigError, did_you_mean, first_line, not_a_setting, not_one_of
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -32,6 +32,8 @@ def validate(cfg: DictConfig) -> TrainConfig:
         conf = OmegaConf.to_object(cfg)  # drops the unknown keys
     except MissingMandatoryValue as ex:
         raise ConfigError([*problems, f"{ex.full_key} is required and has no value."]) from None
+    except OmegaConfBaseException as ex:  # an interpolation that does not resolve, say
+        raise ConfigError([*problems, f"{ex.full_key}: {first_line(ex)}"]) from None
 
     for key, name, registry, what in (
         ("model", conf.model.name, MODELS, "a model"),

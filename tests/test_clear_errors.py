@@ -321,3 +321,26 @@ def test_a_fifo_is_not_read_as_input_or_image(tmp_path, forest):
         result,
         f"data.root: {tmp_path / 'images' / 'b' / '3.png'} is not a regular file (a FIFO). ",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. other plain mistakes met on the way
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["seed=null"], "seed cannot be null.\n"),
+        (["trainer.seed=${nope}"], "trainer.seed: Interpolation key 'nope' not found\n"),
+        (
+            ["-cd", "mine", "model=listed"],
+            "In 'model/listed': Invalid type assigned: list is not a subclass of ModelConfig. ",
+        ),
+    ],
+)
+def test_other_mistakes_in_the_config(tmp_path, args, message):
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "listed.yaml").write_text("- mlp\n- lstm\n")
+    result = cli(*args, cwd=tmp_path)
+    fails_with(result, message)
+    assert len(result.stderr.splitlines()) == 1  # not Hydra's "Error executing job" as well
