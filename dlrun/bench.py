@@ -252,6 +252,29 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from dlrun.errors import UserError, stdout_closed
+
+    try:
+        bench(argv)
+        sys.stdout.flush()
+    except UserError as ex:  # --device cuda without a GPU, say: the flag is --device here
+        print(f"dlrun: {str(ex).replace('trainer.device', '--device')}", file=sys.stderr)
+        sys.exit(ex.exit_code)
+    except BrokenPipeError:  # python -m dlrun.bench | head
+        stdout_closed()
+
+
+def device_flag(text: str) -> str:
+    from dlrun.validate import DEVICE_PATTERN
+
+    if not DEVICE_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(
+            f"must be one of: auto, cpu, cuda, cuda:N, mps. Got '{text}'."
+        )
+    return text
+
+
+def bench(argv: list[str] | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -266,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each loop")
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--device", default="cpu", type=device_flag, help="cpu, cuda, cuda:N or auto"
+    )
     parser.add_argument(
         "--cases", nargs="+", default=[c[0] for c in CASES], choices=[c[0] for c in CASES]
     )

@@ -137,6 +137,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's own report
     try:
         _train()
+        sys.stdout.flush()  # a reader that has gone shows here, not as noise at exit
         if _user_errors:
             raise _user_errors[0]
         if sweep.LAST_FAILED:
@@ -153,16 +154,20 @@ def main() -> None:
         fail("interrupted.", 130)
     except folders.Refused as ex:  # a run or sweep folder that is not this run's to write
         fail(str(ex.error), ex.error.exit_code)
+    except BrokenPipeError:  # `dlrun ... | head -1`: the reader has gone
+        from dlrun.errors import stdout_closed
+
+        stdout_closed()
     except OSError as ex:  # Hydra could not find a config, or make or write the run folder
         if show_traceback:
             raise
-        message = describe_hydra_error(ex, CONFIG_DIR)
+        message = describe_hydra_error(ex, CONFIG_DIR, sys.argv[1:])
         if message is None:
             where = f" {ex.filename}" if ex.filename else ""
             message = f"cannot write{where}: {ex.strerror or ex}. Choose a writable hydra.run.dir."
         fail(message, 2)
     except Exception as ex:
-        message = None if show_traceback else describe_hydra_error(ex, CONFIG_DIR)
+        message = None if show_traceback else describe_hydra_error(ex, CONFIG_DIR, sys.argv[1:])
         if message is None:
             raise
         fail(message, 2)

@@ -56,7 +56,13 @@ def main() -> None:
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         # Our own help: Hydra's lists every option of every group by composing each one, which
         # takes seconds; this reads the folder names and returns at once.
-        print(HELP.format(groups=config_groups(find_config_dir())))
+        try:
+            print(HELP.format(groups=config_groups(find_config_dir())))
+            sys.stdout.flush()
+        except BrokenPipeError:  # dlrun --help | head -1
+            from dlrun.errors import stdout_closed
+
+            stdout_closed()
         return
     from dlrun.cli import main as run
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from omegaconf import II, MISSING
 
 ACTIVATIONS = ("gelu", "leaky_relu", "relu", "sigmoid", "tanh")
+SEED = {"lo": 0, "hi": 2**32 - 1}  # what numpy's and scikit-learn's random states take
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class DataConfig:
     name: str = MISSING
     test_split: float = setting(0.2, lo=0, hi=1, lo_open=True, hi_open=True)
     val_split: float = setting(0.1, lo=0, hi=1, lo_open=True, hi_open=True)
-    split_seed: int = II("seed")  # the split follows the run's seed unless set on its own
+    split_seed: int = setting(II("seed"), **SEED)  # the run's seed unless set on its own
     normalize: bool = True  # statistics from the training split only
     task: Optional[str] = setting(
         None, choices=("classification", "regression")
@@ -135,7 +136,7 @@ class TrainerConfig:
     # host memory), auto (stream only when the split would take over half the free GPU memory)
     data_placement: str = setting("auto", choices=("auto", "device", "stream"))
     workers: int = setting(2, lo=0)  # DataLoader worker processes when streaming
-    seed: int = II("seed")  # weights, dropout and batch order
+    seed: int = setting(II("seed"), **SEED)  # weights, dropout and batch order
 
 
 @dataclass
@@ -148,7 +149,7 @@ class TrainConfig:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
-    seed: int = 42
+    seed: int = setting(42, **SEED)
     task_name: str = "train"
 
 

@@ -377,8 +377,11 @@ class RunFolders(Callback):
                 claim_run(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
+        from dlrun.launchers import check_launcher
+
         with _refusing():
             check_task_name(config.task_name)
+            check_launcher(config.hydra)
             claim_sweep(Path(str(config.hydra.sweep.dir)), planned_jobs(config))
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:

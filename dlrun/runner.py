@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun.catalog import load_catalog
 from dlrun.checkpoints import atomic_write, write_json
-from dlrun.errors import ConfigError, Interrupted, UserError, not_one_of
+from dlrun.errors import ConfigError, Interrupted, UserError, not_one_of, regular_file
 from dlrun.validate import validate
 
 log = logging.getLogger("dlrun")
@@ -265,7 +265,7 @@ def find_checkpoint(resume: str, task_name: str) -> Path:
     path = Path(resume)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
+    if not (path.exists() and regular_file(path, "trainer.resume", "a checkpoint file")):
         raise UserError(
             f"trainer.resume: {resume} is neither a run folder with checkpoints/last.pt nor a checkpoint file."
         )

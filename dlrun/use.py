@@ -231,14 +231,15 @@ def check_output(output: Path, run_dir: Path, sources: list[Path], overwrite: bo
 
 def read_input(path: Path, trained: Trained):
     """Samples from a file: a table (csv, parquet) by column names, or an array (.npy) of samples
-    shaped like the training data's."""
-    if not path.is_file():
-        raise UserError(f"input: {path} does not exist.")
+    shaped like the training data's. Tables are read as training read them (dlrun.data.files)."""
+    from dlrun.errors import first_line, regular_file
+
+    regular_file(path, "input", "a .csv, .parquet or .npy file of samples")
     data = trained.prep.data
     if path.suffix in (".csv", ".parquet"):
-        import pandas as pd
+        from dlrun.data.files import read_table
 
-        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        frame, _ = read_table(str(path), path.suffix[1:], key="input")
         if data.encoder is not None:
             return frame
         expected = data.spec.shape
@@ -249,7 +250,24 @@ def read_input(path: Path, trained: Trained):
             )
         return frame.to_numpy(dtype=np.float32)
     if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)  # never unpickle: that runs the file's code
+        except (ValueError, OSError, EOFError) as ex:
+            with open(path, "rb") as f:
+                is_npy = f.read(6) == b"\x93NUMPY"
+            if is_npy and "allow_pickle" in str(ex):
+                raise UserError(
+                    f"input: {path} holds Python objects (an object array saved with "
+                    "allow_pickle=True), which dlrun does not load. Save the samples as numbers: "
+                    "np.save(path, x.astype(np.float32))."
+                ) from None
+            reason = first_line(ex) if is_npy else "it does not start with NumPy's .npy header"
+            raise UserError(f"input: cannot read {path} as a .npy array: {reason}.") from None
+        if array.dtype.kind not in "biuf" or array.ndim == 0 or len(array) == 0:
+            got = f"{array.dtype} values" if array.dtype.kind not in "biuf" else "no samples"
+            raise UserError(
+                f"input: {path} holds {got}; this run needs numbers, one sample per row."
+            )
         shape = data.native_shape or tuple(data.x_train.shape[1:])
         if tuple(array.shape[1:]) != shape:
             raise UserError(

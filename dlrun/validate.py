@@ -1,8 +1,9 @@
 """Validate a composed config: every problem in one `ConfigError`, before any work starts.
 
-Hydra and the structured configs already reject unknown keys and wrong types. This adds the
-ranges and choices declared on the schemas with `setting(...)`, the names of registered options,
-and the checks that involve more than one field.
+Hydra and the structured configs already reject unknown keys and wrong types, except keys added
+with Hydra's `+key=value`, which bypass the schema: those are found here. This adds the ranges
+and choices declared on the schemas with `setting(...)`, the names of registered options, and
+the checks that involve more than one field.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import re
 import typing
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dlrun.config import Rule, TrainConfig
-from dlrun.errors import ConfigError, did_you_mean, not_one_of
+from dlrun.errors import ConfigError, did_you_mean, first_line, not_a_setting, not_one_of
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -26,12 +27,14 @@ def validate(cfg: DictConfig) -> TrainConfig:
     from dlrun.optim import OPTIMIZERS, SCHEDULERS
     from dlrun.registry import DATASETS, MODELS
 
+    problems = unknown_keys(cfg)
     try:
-        conf = OmegaConf.to_object(cfg)
+        conf = OmegaConf.to_object(cfg)  # drops the unknown keys
     except MissingMandatoryValue as ex:
-        raise ConfigError(f"{ex.full_key} is required and has no value.") from None
+        raise ConfigError([*problems, f"{ex.full_key} is required and has no value."]) from None
+    except OmegaConfBaseException as ex:  # an interpolation that does not resolve, say
+        raise ConfigError([*problems, f"{ex.full_key}: {first_line(ex)}"]) from None
 
-    problems = []
     for key, name, registry, what in (
         ("model", conf.model.name, MODELS, "a model"),
         ("optim", conf.optim.name, OPTIMIZERS, "an optimizer"),
@@ -40,7 +43,7 @@ def validate(cfg: DictConfig) -> TrainConfig:
     ):
         if name not in registry:
             problems.append(not_one_of(f"{key}.name", what, name, registry))
-    problems += field_problems(conf)
+    problems += field_problems(conf, skip=aliases(cfg))
 
     trainer = conf.trainer
     if not DEVICE_PATTERN.match(trainer.device):
@@ -57,18 +60,54 @@ def validate(cfg: DictConfig) -> TrainConfig:
     return conf
 
 
-def field_problems(obj, prefix: str = "") -> list[str]:
-    """Check every field of a (nested) schema instance against its declared `Rule`."""
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Every key of the composed config that its node's schema does not have (`+key=value`
+    adds keys that way; a misspelled one would otherwise be ignored)."""
+    problems = []
+    for full, node, key in _entries(cfg):
+        schema = OmegaConf.get_type(node)
+        if dataclasses.is_dataclass(schema) and key not in {
+            f.name for f in dataclasses.fields(schema)
+        }:
+            problems.append(not_a_setting(full, schema))
+    return problems
+
+
+def aliases(cfg: DictConfig) -> set[str]:
+    """Keys whose value is only another key's (`trainer.seed: ${seed}`): that key's own rule
+    reports a bad value, once, where it was set."""
+    return {
+        full
+        for full, node, key in _entries(cfg)
+        if OmegaConf.is_interpolation(node, key)
+        and re.fullmatch(r"\$\{[\w.]+\}", str(node._get_node(key)._value()))
+    }
+
+
+def _entries(node: DictConfig, prefix: str = ""):
+    """(dotted key, its node, key) for every key of a config, depth first; interpolations and
+    missing values are not followed."""
+    for key in node:
+        yield f"{prefix}{key}", node, key
+        if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+            continue
+        if isinstance(node[key], DictConfig):
+            yield from _entries(node[key], f"{prefix}{key}.")
+
+
+def field_problems(obj, prefix: str = "", skip: set[str] = frozenset()) -> list[str]:
+    """Check every field of a (nested) schema instance against its declared `Rule` (the keys in
+    `skip` excepted)."""
     problems = []
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         key = f"{prefix}{f.name}"
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            problems += field_problems(value, f"{key}.")
+            problems += field_problems(value, f"{key}.", skip)
             continue
         rule = f.metadata.get("rule")
-        if rule is None or (value is None and _is_optional(hints[f.name])):
+        if rule is None or key in skip or (value is None and _is_optional(hints[f.name])):
             continue
         values = value if isinstance(value, list) else [value]
         if not all(rule.allows(v) for v in values):

@@ -174,23 +174,21 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
     )
 
 
-def read_table(path_text: str, fmt: str):
-    """The file as a DataFrame with string column names, and its absolute path to show."""
+def read_table(path_text: str, fmt: str, key: str = "data.path"):
+    """The file as a DataFrame with string column names, and its absolute path to show. `key`
+    names the setting in messages (dlrun-predict reads its `input` here too)."""
     import pandas as pd
+
+    from dlrun.errors import regular_file
 
     path = Path(path_text).expanduser()
     shown = path.absolute()
     what = FORMATS[fmt]
-    if not path.exists():
-        raise UserError(
-            f"data.path: {shown} does not exist. Give the path of {what} "
-            f"(a relative path starts from {Path.cwd()})."
-        )
-    if path.is_dir() and fmt == "csv":
-        raise UserError(f"data.path: {shown} is a folder. Give the path of {what}.")
+    if not (path.is_dir() and fmt == "parquet"):  # a Parquet dataset may be a folder
+        regular_file(path, key, what)
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(
-            f"data.path: {shown} is empty (0 bytes). Give {what} with a header row and rows of data."
+            f"{key}: {shown} is empty (0 bytes). Give {what} with a header row and rows of data."
         )
     try:
         twice = sorted(name for name, n in Counter(header(path, fmt)).items() if name and n > 1)
@@ -203,19 +201,19 @@ def read_table(path_text: str, fmt: str):
         df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise UserError(
-            f"data.path: {shown} has no columns. Give {what} with a header row and rows of data."
+            f"{key}: {shown} has no columns. Give {what} with a header row and rows of data."
         ) from None
     except (ValueError, OSError, pd.errors.ParserError) as ex:  # ArrowInvalid is a ValueError
         reason = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
-        raise UserError(f"data.path: cannot read {shown} as {what}: {reason}") from None
+        raise UserError(f"{key}: cannot read {shown} as {what}: {reason}") from None
     df.columns = [str(c) for c in df.columns]
     if len(df.columns) == 0:
         raise UserError(
-            f"data.path: {shown} has no columns. Give {what} with a header row and rows of data."
+            f"{key}: {shown} has no columns. Give {what} with a header row and rows of data."
         )
     if len(df) == 0:
         raise UserError(
-            f"data.path: {shown} has no rows (columns {_listed(df.columns)}). A dataset needs "
+            f"{key}: {shown} has no rows (columns {_listed(df.columns)}). A dataset needs "
             "at least one row of data."
         )
     return df, shown

@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from dlrun.config import setting
 from dlrun.data import DataSpec, RawData
 from dlrun.data.device import ImageDataConfig
-from dlrun.errors import UserError
+from dlrun.errors import UserError, regular_file
 from dlrun.registry import register_data
 
 MNIST_FILES = (
@@ -253,6 +253,7 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
     size, mode = cfg.image_size, ("L" if cfg.grayscale else "RGB")
     x = np.empty((len(folders.samples), 1 if cfg.grayscale else 3, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(folders.samples):
+        regular_file(path, "data.root", "an image file")  # a FIFO would block Image.open
         try:
             with Image.open(path) as image:
                 pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)

@@ -44,7 +44,7 @@ class Forest(Estimator):
     def load(self, ckpt_dir: Path) -> None:
         import skops.io
 
-        from dlrun.errors import UserError
+        from dlrun.errors import UserError, first_line, unreadable
 
         path = ckpt_dir / "model.skops"
         if not path.is_file():
@@ -55,6 +55,8 @@ class Forest(Estimator):
             raise UserError(
                 f"{path} holds types dlrun does not trust; it was not loaded ({ex})."
             ) from None
+        except Exception as ex:  # a damaged zip, schema or array fails in any of skops' readers
+            raise unreadable(path, first_line(ex)) from None
 
     def size(self) -> int:
         return int(sum(tree.tree_.node_count for tree in self.model.estimators_))

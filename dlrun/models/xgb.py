@@ -4,6 +4,7 @@ boosting round in metrics.jsonl. Saved in XGBoost's own UBJSON format."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from dlrun.config import ModelConfig, setting
-from dlrun.errors import UserError
+from dlrun.errors import UserError, first_line, unreadable
 from dlrun.estimators import Estimator, write_records
 from dlrun.registry import register_model
 from dlrun.training import FitResult
@@ -77,12 +78,16 @@ class Boosted(Estimator):
         return path
 
     def load(self, ckpt_dir: Path) -> None:
-        from dlrun.errors import UserError
+        import xgboost
 
         path = ckpt_dir / "model.ubj"
         if not path.is_file():
             raise UserError(f"{path} does not exist: no XGBoost model was saved in this run.")
-        self.model.load_model(path)
+        try:
+            self.model.load_model(path)
+        except xgboost.core.XGBoostError as ex:
+            # "[18:24:10] /src/common/json.cc:409: Unknown construct, ...": keep what it says
+            raise unreadable(path, re.sub(r"^\[[\d:]+\] \S+: ", "", first_line(ex))) from None
 
     def size(self) -> int:
         return sum(len(tree.strip().splitlines()) for tree in self.model.get_booster().get_dump())
