@@ -120,6 +120,7 @@ def main() -> None:
     from dlrun.errors import UserError, describe_hydra_error
 
     launch_distributed_if_asked()
+    keep_going_when_stdout_closes()
     if os.environ.get("RANK", "0") != "0":
         # Under torchrun every rank composes the config; only rank 0 keeps a run folder (the
         # others learn its path from rank 0 and write nothing), and only rank 0 logs.
@@ -171,6 +172,20 @@ def main() -> None:
         if message is None:
             raise
         fail(message, 2)
+
+
+def keep_going_when_stdout_closes() -> None:
+    """`dlrun ... | head`: when the reader goes away, rich's console would end the process
+    (SystemExit) in the middle of training. A run does not depend on its reader: the terminal
+    output goes quiet and the run goes on; train.log and the run folder have everything."""
+    from rich.console import Console
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+    Console.on_broken_pipe = on_broken_pipe
 
 
 def launch_distributed_if_asked() -> None:

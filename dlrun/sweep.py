@@ -185,7 +185,15 @@ def _print(rows: list[dict], columns: list[str], sweep_dir: Path, note: str) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """`dlrun-report SWEEP_DIR`: rebuild the leaderboard, plot and best.yaml of a sweep folder."""
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        _report_command(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # `dlrun-report ... | head -1`: the reader has gone
+        from dlrun.errors import stdout_closed
+
+        stdout_closed()
+
+
+def _report_command(args: list[str]) -> None:
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print("usage: dlrun-report SWEEP_DIR   (rebuilds leaderboard.csv/.md/.png and best.yaml)")
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)

@@ -470,10 +470,18 @@ def _guard(fn):
             fn(sys.argv[1:] if argv is None else argv)
         except UserError as ex:
             _fail(str(ex), ex.exit_code)
+        except BrokenPipeError:  # `dlrun-eval ... | head -1`: the reader has gone
+            from dlrun.errors import stdout_closed
+
+            stdout_closed()
+        except OSError as ex:  # a folder or file that cannot be made or written
+            where = f" {ex.filename}" if ex.filename else ""
+            _fail(f"cannot write{where}: {ex.strerror or ex}.")
         except Exception as ex:
+            from dlrun.command import find_config_dir
             from dlrun.errors import describe_hydra_error
 
-            message = describe_hydra_error(ex, Path(__file__).parent)
+            message = describe_hydra_error(ex, find_config_dir())
             if message is None:
                 raise
             _fail(message)

@@ -412,3 +412,14 @@ def test_eval_never_writes_into_an_earlier_evaluation(tmp_path):
     ):
         use.evaluate(run_dir, [], tmp_path / "eval")
     assert hashes(tmp_path / "eval") == before
+
+
+def test_a_run_piped_into_head_trains_to_its_end(tmp_path):
+    """The reader of the terminal output going away (`dlrun | head -1`) does not stop a run."""
+    command = f"'{BIN / 'dlrun'}' trainer.max_epochs=2 hydra.run.dir=run | head -1; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
