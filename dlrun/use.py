@@ -345,7 +345,7 @@ def input_contract(data, raw: np.ndarray, fmt: str) -> dict:
     if spec.kind == "image":
         contract["input"]["what"] += "; image pixels scaled to [0, 1] (8-bit values / 255)"
     if data.encoder is not None:
-        contract["input"]["features"] = encoded_features(data.encoder)
+        contract["input"]["features"] = list(data.encoder.feature_names)
         contract["input"]["what"] += (
             "; a table's columns encoded as listed in `features` (numbers as they are, "
             "categories one-hot or ordinal), with no missing values"
@@ -353,18 +353,6 @@ def input_contract(data, raw: np.ndarray, fmt: str) -> dict:
     if spec.task == "classification":
         contract["classes"] = list(spec.class_names or map(str, range(spec.num_classes)))
     return contract
-
-
-def encoded_features(encoder) -> list[str]:
-    """The names of a table's encoded columns, in order: numbers, then `column=value` per
-    category (one-hot) or the category's code (ordinal)."""
-    names = list(encoder.numeric)
-    for column in encoder.categorical:
-        if encoder.how == "onehot":
-            names += [f"{column}={value}" for value in encoder.vocab[column]]
-        else:
-            names.append(column)
-    return names
 
 
 def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False) -> Path:

@@ -157,6 +157,10 @@ def test_a_planted_pickle_is_refused_and_runs_nothing(tmp_path):
     ):
         load_checkpoint(path)
     assert not MARKER.exists()
+    # the message never steers to the unsafe path (torch's own advice: weights_only=False)
+    with pytest.raises(UserError) as refused:
+        load_checkpoint(path)
+    assert "weights_only" not in str(refused.value) and "posix.system" in str(refused.value)
 
 
 def test_a_truncated_checkpoint_is_named(tmp_path):
