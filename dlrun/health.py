@@ -45,9 +45,8 @@ class Monitor:
     """Hooks on a network; `measure()` at the end of each epoch returns the health numbers."""
 
     net: object
-    x_probe: object  # (B, *shape) on the device
-    y_probe: object
-    loss_fn: object
+    batch: dict  # the probe batch: {"x": (B, *shape), "y": ...} on the device
+    loss: object  # batch -> per-sample losses (B,): the objective's, for its last phase
     sequence: bool
     relus: dict = field(default_factory=dict)
     _dead: dict = field(default_factory=dict)
@@ -60,11 +59,14 @@ class Monitor:
         for name, module in self.net.named_modules():
             if isinstance(module, nn.ReLU):
                 self.relus[name] = module
-        self.layers = {
+        self.layers = {  # the trained layers (frozen ones have no gradient to measure)
             n: m.weight
             for n, m in self.net.named_modules()
-            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.ndim > 1
+            if isinstance(getattr(m, "weight", None), nn.Parameter)
+            and m.weight.ndim > 1
+            and m.weight.requires_grad
         }
+        self.x_probe = self.batch["x"]
         self.snapshot()
 
     def snapshot(self) -> None:
@@ -107,20 +109,22 @@ class Monitor:
         for m in rnns:
             m.train(m.dropout == 0 or m.num_layers == 1)
         native = any(m.training is False for m in rnns) and self.x_probe.is_cuda
-        x = self.x_probe.clone().requires_grad_(self.sequence)
+        # the gradient reaching each time step needs inputs that have one (not token ids)
+        sequence = self.sequence and self.x_probe.is_floating_point()
+        x = self.x_probe.clone().requires_grad_(sequence)
         try:
             with torch.enable_grad(), torch.backends.cudnn.flags(enabled=not native):
-                loss = self.loss_fn(self.net(x).float(), self.y_probe).mean()
+                loss = self.loss({**self.batch, "x": x}).mean()
                 grads = torch.autograd.grad(
                     loss,
-                    [x, *self.layers.values()] if self.sequence else list(self.layers.values()),
+                    [x, *self.layers.values()] if sequence else list(self.layers.values()),
                     allow_unused=True,
                 )
         finally:
             for h in handles:
                 h.remove()
             self.net.train(was_training)
-        if self.sequence:
+        if sequence:
             per_step = grads[0].detach().flatten(2).norm(dim=2).mean(dim=0)  # (T,)
             quarter = max(len(per_step) // 4, 1)
             first, last = per_step[:quarter].mean(), per_step[-quarter:].mean()

@@ -72,13 +72,17 @@ def test_checkpoints_are_complete_and_best_reproduces_the_test_metrics(tmp_path)
     for ckpt in (last, best):
         assert set(ckpt) >= {
             "model",
-            "optimizer",
-            "scheduler",
+            "optimizers",
+            "schedulers",
+            "scaler",
             "epoch",
             "rng",
             "config",
             "early_stopping",
+            "history",
         }
+        assert set(ckpt["optimizers"]) == {"main"} and ckpt["optimizers"]["main"]["state"]
+        assert len(ckpt["history"]) == ckpt["epoch"]
         assert ckpt["config"]["model"]["name"] == "mlp"
         assert set(ckpt["rng"]) >= {"torch", "shuffle", "python"}
 

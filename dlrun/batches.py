@@ -1,0 +1,92 @@
+"""Training batches for the torch loop, whatever the objective: dicts of device tensors (`x`,
+and `y` when the data has targets), in a seeded shuffled order.
+
+Data that fits stays on the training device for the whole run (images in their compact stored
+form, prepared per batch there); each step takes its rows by slicing the epoch's shuffled index,
+with no per-sample Python and nothing read back to the host, so the gather can also happen
+inside a captured CUDA graph (`fetch`). Larger data streams from host memory through DataLoader
+workers (dlrun.streaming) in exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+log = logging.getLogger("dlrun")
+
+
+class TrainBatches:
+    def __init__(self, splits, data, takes, device, tcfg, world: int, rank: int):
+        import torch
+
+        from dlrun.devices import use_stream
+
+        compact = data is not None and getattr(data, "stored", None) is not None
+        # the training inputs as kept in host memory: compact images, or the prepared arrays
+        self.host_x = data.stored["train"] if compact else splits["train"][0]
+        self.host_y = np.asarray(splits["train"][1])
+        self.streaming = use_stream(tcfg.data_placement, device, self.host_x.nbytes)
+        self.device, self.world, self.rank = device, world, rank
+        self.stored = self.x = None  # compact images prepared per batch, or the inputs
+        if compact:
+            from dlrun.data.device import device_inputs
+
+            self.stored = device_inputs(data, "train", device, takes, copy=not self.streaming)
+        elif not self.streaming:
+            self.x = torch.as_tensor(self.host_x, device=device)
+        self.y = torch.as_tensor(self.host_y, device=device)
+
+        self.n = n = len(self.host_y)
+        self.batch = batch = min(tcfg.batch_size, n)
+        steps = math.ceil(n / batch)
+        if world > 1 and 0 < n % batch < world:
+            steps -= 1  # a last batch smaller than the ranks would leave a rank with nothing
+        self.steps = steps
+        self.seen = min(steps * batch, n)  # samples per epoch
+        # samples in each global batch (all full but perhaps the last), known before training
+        self.sizes = [batch] * (steps - 1) + [self.seen - batch * (steps - 1)]
+        self.loader = None
+        if self.streaming:
+            from dlrun.streaming import BatchLoader
+
+            pin = device.type == "cuda"
+            self.loader = BatchLoader(self.host_x, self.host_y, tcfg.workers, pin=pin)
+            log.info(
+                "training data (%.2f GB) streams from host memory: %d DataLoader workers%s",
+                self.host_x.nbytes / 1e9,
+                tcfg.workers,
+                ", pinned memory" if pin else "",
+            )
+
+    def order(self, shuffle):
+        """The epoch's shuffled sample order (on the device unless streaming)."""
+        import torch
+
+        perm = torch.randperm(self.n, generator=shuffle)
+        return perm if self.streaming else perm.to(self.device)
+
+    def fetch(self, idx) -> dict:
+        """This rank's samples of the global batch `idx` (device indices), from device memory."""
+        if self.world > 1:
+            idx = idx[self.rank :: self.world]  # this rank's share of the global batch
+        x = self.stored.take(idx, train=True) if self.stored is not None else self.x[idx]
+        return {"x": x, "y": self.y[idx]}  # (B, *shape), (B,) or (B, T)
+
+    def epoch(self, perm):
+        """(batch, global batch size) for each step of the epoch, in the order `perm`."""
+        if self.loader is None:
+            for step, size in enumerate(self.sizes):
+                yield self.fetch(perm[step * self.batch : step * self.batch + size]), size
+            return
+        rows = [
+            perm[s * self.batch : (s + 1) * self.batch][self.rank :: self.world]
+            for s in range(self.steps)
+        ]
+        for (x, y), size in zip(self.loader.epoch(rows), self.sizes, strict=True):
+            x = x.to(self.device, non_blocking=True)
+            if self.stored is not None:
+                x = self.stored.prepare(x, train=True)
+            yield {"x": x, "y": y.to(self.device, non_blocking=True)}, size

@@ -1,0 +1,72 @@
+"""Supervised objectives: classes (cross-entropy) and targets (mse or l1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F  # imported when a network trains, never for --help
+
+from dlrun.objectives import Objective
+
+
+class Classification(Objective):
+    """Cross-entropy on (x, y); accuracy, macro F1 and log-loss on validation and test."""
+
+    def __init__(self, precision: str = "32"):
+        from dlrun.metrics import metric_names
+
+        self.precision = precision
+        self.metrics = tuple(metric_names("classification"))
+
+    def loss(self, model, batch: dict, phase: str = "main"):
+        logits = model(batch["x"]).float()  # (B, K)
+        return F.cross_entropy(logits, batch["y"], reduction="none")  # (B,)
+
+    def mean_loss(self, model, batch: dict, phase: str = "main"):
+        return F.cross_entropy(model(batch["x"]).float(), batch["y"])
+
+    def evaluate(self, model, x, y) -> dict[str, float]:
+        from dlrun.metrics import compute_metrics
+        from dlrun.training import predict
+
+        return compute_metrics(
+            "classification", y, predict(model, x, "classification", self.precision)
+        )
+
+
+class Regression(Objective):
+    """Mean squared (or absolute) error of each sample's targets; rmse, mae and r2.
+
+    The network predicts in the target's units (dlrun.nn.TargetScaled). The loss is divided by
+    the training targets' variance (or standard deviation for l1) for the gradients only: they
+    are then those of a standardized target, so a learning rate means the same whatever the
+    units, while every reported loss stays in the target's units.
+    """
+
+    def __init__(self, loss: str, precision: str, y_train: np.ndarray):
+        import torch
+
+        from dlrun.metrics import metric_names
+
+        self.kind, self.precision = loss, precision
+        self.metrics = tuple(metric_names("regression"))
+        y = torch.as_tensor(np.asarray(y_train, dtype=np.float32)).reshape(len(y_train), -1)
+        std = y.std(dim=0).clamp(min=1e-8)  # (T,)
+        self.grad_scale = float((std**2).mean() if loss == "mse" else std.mean())
+
+    def loss(self, model, batch: dict, phase: str = "main"):
+        out = model(batch["x"]).float()  # (B, T)
+        error = F.mse_loss if self.kind == "mse" else F.l1_loss
+        return error(out, batch["y"].reshape(out.shape), reduction="none").mean(dim=1)  # (B,)
+
+    def mean_loss(self, model, batch: dict, phase: str = "main"):
+        out = model(batch["x"]).float()  # (B, T): every sample has T values, so one mean
+        error = F.mse_loss if self.kind == "mse" else F.l1_loss
+        return error(out, batch["y"].reshape(out.shape))
+
+    def evaluate(self, model, x, y) -> dict[str, float]:
+        from dlrun.metrics import compute_metrics
+        from dlrun.training import predict
+
+        return compute_metrics(
+            "regression", y, predict(model, x, "regression", self.precision), self.kind
+        )
