@@ -122,7 +122,8 @@ class TrainerConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     devices: int = setting(1, lo=1)  # >1: DistributedDataParallel over that many processes
     precision: str = setting("32", choices=("32", "bf16", "16"))
-    loss: str = setting("auto", choices=("auto", "cross_entropy", "mse", "l1"))  # auto: by task
+    # auto: by task (cross_entropy for classes, mse for targets and autoencoders; the vae: elbo)
+    loss: str = setting("auto", choices=("auto", "cross_entropy", "mse", "l1", "elbo"))
     resume: Optional[str] = None  # a run folder or checkpoint to continue, or auto (the latest)
     diagnostics: bool = True  # training-health signals per epoch and findings (dlrun.health)
     # CUDA speed-ups (ignored on other devices). cuda_graphs: capture each whole training step

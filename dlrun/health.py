@@ -228,7 +228,7 @@ def findings(history: list[dict], conf, best_epoch: int | None = None) -> list[F
     if (
         len(history) >= 5
         and max(recent) - min(recent) < 0.01 * max(recent)
-        and recent[-1] > 0.5 * first
+        and recent[-1] > 0.8 * first  # it fell by under a fifth since the first epoch
     ):
         updates = [v for k, v in history[-1].items() if k.startswith("health/update_ratio/")]
         tiny = bool(updates) and max(updates) < 1e-4

@@ -170,3 +170,31 @@ class RawInputs(nn.Module):
             )  # image rows as steps (B, H, C*W)
         out = self.net(x).float()
         return torch.softmax(out, dim=1) if self.classes else out
+
+
+class AutoEncoderNet(nn.Module):
+    """An autoencoder (dlrun.models.autoencoder): `encoder` (x -> latent; for a VAE, its mean
+    and log-variance side by side) and `decoder` (latent -> x, flat, reshaped here)."""
+
+    def __init__(self, encoder, decoder, shape, latent_size: int, variational: bool):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.shape, self.latent_size, self.variational = tuple(shape), latent_size, variational
+
+    def encode(self, x: torch.Tensor):
+        """The latent (B, latent_size); for a VAE, (mean, log-variance)."""
+        h = self.encoder(x)
+        return h.chunk(2, dim=1) if self.variational else h
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).reshape(-1, *self.shape)  # (B, *shape)
+
+    def forward(self, x: torch.Tensor):
+        """Autoencoder: the reconstruction. VAE: (reconstruction, mean, log-variance), decoded
+        from a sample of the latent in training (the reparameterisation trick) and from its
+        mean in evaluation."""
+        if not self.variational:
+            return self.decode(self.encode(x))
+        mean, logvar = self.encode(x)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
+        return self.decode(z), mean, logvar

@@ -64,6 +64,95 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> objec
     return fig
 
 
+def save_confusion(run_dir: Path, spec, y_true: np.ndarray, outputs: np.ndarray) -> None:
+    """confusion_matrix.png of the test split, for classes (not drawn beyond
+    MAX_CONFUSION_CLASSES: the log says so)."""
+    import logging
+
+    if spec.task != "classification":
+        return
+    if spec.num_classes > MAX_CONFUSION_CLASSES:
+        logging.getLogger("dlrun").info(
+            "confusion_matrix.png not drawn: %d classes are too many to read (at most %d)",
+            spec.num_classes,
+            MAX_CONFUSION_CLASSES,
+        )
+        return
+    names = spec.class_names or [str(k) for k in range(spec.num_classes)]
+    save(plot_confusion(y_true, outputs.argmax(axis=1), names), run_dir / "confusion_matrix.png")
+
+
+def plot_reconstructions(inputs: np.ndarray, outputs: np.ndarray, title: str):
+    """Inputs (top row) above their reconstructions (bottom row), in the input's own scale:
+    images (N, C, H, W) as pictures, anything else (N, F) as two heatmaps of the values."""
+    plt = _pyplot()
+    if inputs.ndim == 4:
+        n = len(inputs)
+        fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), constrained_layout=True)
+        for row, (images, name) in enumerate(((inputs, "input"), (outputs, "reconstruction"))):
+            for k in range(n):
+                ax = axes[row, k]
+                ax.imshow(_picture(images[k]), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            axes[row, 0].set_ylabel(name, fontsize=8)
+    else:
+        flat_in, flat_out = inputs.reshape(len(inputs), -1), outputs.reshape(len(outputs), -1)
+        low, high = (
+            float(min(flat_in.min(), flat_out.min())),
+            float(max(flat_in.max(), flat_out.max())),
+        )
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+        for ax, values, name in (
+            (axes[0], flat_in, "inputs"),
+            (axes[1], flat_out, "reconstructions"),
+        ):
+            shown = ax.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=high)
+            ax.set(xlabel="feature", ylabel="test sample", title=name)
+        fig.colorbar(shown, ax=axes, shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_latent(points: np.ndarray, labels, class_names, title: str, axes_names: tuple[str, str]):
+    """The test split in a 2-D latent space, coloured by its label (classes) or value."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    if class_names is not None:
+        cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+        for k, name in enumerate(class_names):
+            chosen = labels == k
+            if chosen.any():
+                ax.scatter(*points[chosen].T, s=9, color=cmap(k % cmap.N), label=str(name))
+        ax.legend(title="label", fontsize=7, markerscale=1.5, loc="best")
+    else:
+        shown = ax.scatter(*points.T, s=9, c=np.asarray(labels).reshape(len(points), -1)[:, 0])
+        fig.colorbar(shown, ax=ax, label="target")
+    ax.set(xlabel=axes_names[0], ylabel=axes_names[1], title=title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_image_grid(images: np.ndarray, title: str):
+    """Images (N, C, H, W) with values in [0, 1], in a square grid."""
+    plt = _pyplot()
+    side = int(np.ceil(np.sqrt(len(images))))
+    fig, axes = plt.subplots(side, side, figsize=(0.9 * side + 0.6, 0.9 * side + 0.8))
+    for k, ax in enumerate(np.asarray(axes).reshape(-1)):
+        ax.set_axis_off()
+        if k < len(images):
+            ax.imshow(_picture(images[k]), cmap="gray", vmin=0, vmax=1)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _picture(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> what imshow draws: (H, W) for one channel, (H, W, C) for colour."""
+    image = np.clip(image, 0, 1)
+    return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+
+
 def plot_leaderboard(names: list[str], values: list[float], metric: str):
     """One bar per job, in leaderboard order."""
     plt = _pyplot()

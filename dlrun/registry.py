@@ -14,16 +14,25 @@ from typing import Any
 from dlrun.config import store_schema
 from dlrun.errors import ConfigError, not_one_of
 
-INPUT_KINDS = ("flat", "image", "sequence")
+# native: images as images, any other data flattened (a model that adapts to the data's kind)
+INPUT_KINDS = ("flat", "image", "sequence", "native")
+OBJECTIVES = ("supervised", "autoencoder", "vae")  # what a training step means (dlrun.objectives)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     schema: type
-    takes: str  # the input it takes: flat (F), image (C, H, W) or sequence (T, D)
+    takes: str  # the input it takes: flat (F), image (C, H, W), sequence (T, D) or native
     build: Callable[..., Any]  # build(cfg, spec) -> nn.Module (or an estimator)
     family: str = "torch"
+    objective: str = "supervised"
+
+    def input_for(self, spec) -> str:
+        """The input kind this model reads `spec`'s data as."""
+        if self.takes != "native":
+            return self.takes
+        return "image" if spec.kind == "image" else "flat"
 
 
 @dataclass(frozen=True)
@@ -37,12 +46,16 @@ MODELS: dict[str, ModelEntry] = {}
 DATASETS: dict[str, DataEntry] = {}
 
 
-def register_model(name: str, *, schema: type, takes: str, family: str = "torch"):
+def register_model(
+    name: str, *, schema: type, takes: str, family: str = "torch", objective: str = "supervised"
+):
     if takes not in INPUT_KINDS:
         raise ValueError(f"takes must be one of {INPUT_KINDS}, got {takes!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
     def decorator(build):
-        MODELS[name] = ModelEntry(name, schema, takes, build, family)
+        MODELS[name] = ModelEntry(name, schema, takes, build, family, objective)
         store_schema("model", name, schema)
         return build
 

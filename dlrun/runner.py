@@ -69,23 +69,16 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
             else:
                 folders.stamp(run_dir)
             write_json(run_dir / "summary.json", running_summary(conf, run_dir))
-
-        from dlrun.metrics import compute_metrics
-
-        data, entry, spec, splits, device = (
-            prep.data,
-            prep.entry,
-            prep.spec,
-            prep.splits,
-            prep.device,
-        )
+        entry, spec = prep.entry, prep.spec
         log.info(
             "%s on %s (%s, %s), %s",
             conf.model.name,
             conf.data.name,
-            spec.task,
+            spec.task
+            if entry.objective == "supervised"
+            else f"{entry.objective}, {spec.task} data",
             "x".join(map(str, spec.shape)),
-            ", ".join(f"{k} {v}" for k, v in data.sizes().items()),
+            ", ".join(f"{k} {v}" for k, v in prep.data.sizes().items()),
         )
 
         from dlrun.loggers import open_logger
@@ -93,15 +86,13 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
         logger = open_logger(conf.logger if main else None, run_dir)
         try:
             if entry.family == "torch":
-                fitted = fit_network(
-                    entry, conf, spec, splits, run_dir, device, logger, resume, data=data
-                )
+                fitted = fit_network(prep, conf, run_dir, logger, resume)
             elif resume is not None:
                 raise ConfigError(
                     f"trainer.resume: {entry.name} has no epochs to resume; train it again."
                 )
             else:
-                fitted = fit_estimator(entry, conf, spec, splits, run_dir, device, logger)
+                fitted = fit_estimator(prep, conf, run_dir, logger)
         except BaseException as ex:
             if not main:
                 raise
@@ -109,57 +100,54 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
             if stopped is not ex:
                 raise stopped from None
             raise
-        result, predict, params = fitted
-
-        # evaluate: the best checkpoint, the same metric code for every family
-        outputs = {name: predict(splits[name][0]) for name in ("val", "test")}
-        scores = {
-            name: compute_metrics(spec.task, splits[name][1], outputs[name], conf.trainer.loss)
-            for name in ("val", "test")
-        }
-        stopping = conf.trainer.early_stopping
-        best_value = result.best_value
-        if best_value is None:  # estimators: the monitored metric of the fitted model
-            best_value = scores["val"][stopping.monitor.removeprefix("val_")]
-
-        health = []
-        if entry.family == "torch" and conf.trainer.diagnostics:
-            from dlrun.health import findings
-
-            health = [f.as_dict() for f in findings(result.history, conf, result.best_epoch)]
-        summary = {
-            "status": "completed",
-            "model": conf.model.name,
-            "data": conf.data.name,
-            "task": spec.task,
-            "monitor": {"metric": stopping.monitor, "mode": stopping.mode, "best": best_value},
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "val": scores["val"],
-            "test": scores["test"],
-            "params": params,
-            "wall_time_s": time.perf_counter() - started,
-            "samples_per_s": result.samples_seen / result.train_time_s
-            if result.train_time_s
-            else 0.0,
-            "device": str(device),
-            "cuda_graphs": result.cuda_graphs,
-            "startup_s": result.startup_s,
-            "versions": versions(),
-            "run_dir": str(run_dir),
-            "health": health,
-        }
+        summary = make_summary(conf, prep, fitted, run_dir, started)
         if main:
+            from dlrun import plots
+
             logger.close(OmegaConf.to_container(cfg, resolve=True), summary)
-            write_plots(
-                run_dir, result.history, stopping.monitor, spec, splits["test"][1], outputs["test"]
-            )
+            history, monitor = fitted.result.history, conf.trainer.early_stopping.monitor
+            plots.save(plots.plot_curves(history, monitor), run_dir / "curves.png")
+            fitted.pictures(run_dir)  # the model's own: a confusion matrix, reconstructions, ...
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
-            log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in scores["test"].items()))
+            log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
             print_summary(summary)
         distributed.barrier()
         return summary
+
+
+def make_summary(conf, prep, fitted, run_dir: Path, started: float) -> dict:
+    """What summary.json holds for a completed run."""
+    result, scores, stopping = fitted.result, fitted.scores, conf.trainer.early_stopping
+    best_value = result.best_value
+    if best_value is None:  # estimators: the monitored metric of the fitted model
+        best_value = scores["val"][stopping.monitor.removeprefix("val_")]
+    health = []
+    if prep.entry.family == "torch" and conf.trainer.diagnostics:
+        from dlrun.health import findings
+
+        health = [f.as_dict() for f in findings(result.history, conf, result.best_epoch)]
+    return {
+        "status": "completed",
+        "model": conf.model.name,
+        "data": conf.data.name,
+        "task": prep.spec.task,
+        "objective": prep.entry.objective,
+        "monitor": {"metric": stopping.monitor, "mode": stopping.mode, "best": best_value},
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "val": scores["val"],
+        "test": scores["test"],
+        "params": fitted.params,
+        "wall_time_s": time.perf_counter() - started,
+        "samples_per_s": result.samples_seen / result.train_time_s if result.train_time_s else 0.0,
+        "device": str(prep.device),
+        "cuda_graphs": result.cuda_graphs,
+        "startup_s": result.startup_s,
+        "versions": versions(),
+        "run_dir": str(run_dir),
+        "health": health,
+    }
 
 
 def running_summary(conf, run_dir: Path) -> dict:
@@ -343,6 +331,7 @@ class Prepared:
     spec: object  # the data's spec as the model sees it
     splits: dict  # split name -> (inputs shaped for the model, targets)
     device: object  # torch.device
+    takes: str = "flat"  # the input kind the model reads the data as (dlrun.data.adapt)
 
 
 def prepare(conf) -> Prepared:
@@ -354,23 +343,24 @@ def prepare(conf) -> Prepared:
     seed_everything(conf.seed)
     data = build_data(conf.data)
     entry = get_model(conf.model.name)
-    spec = data.spec.view(entry.takes)  # a pairing that makes no sense stops here
+    takes = entry.input_for(data.spec)
+    spec = data.spec.view(takes)  # a pairing that makes no sense stops here
     size = getattr(conf.model, "input_size", None)  # a model built for one image size
-    if entry.takes == "image" and size and spec.shape[1:] != (size, size):
+    if takes == "image" and size and spec.shape[1:] != (size, size):
         data = data.resized(size)
-        spec = data.spec.view(entry.takes)
-    check_task_settings(conf, spec)
+        spec = data.spec.view(takes)
+    check_task_settings(conf, spec, entry.objective)
     device = job_device(conf.trainer.device)  # a sweep's jobs each on their own GPU
     if conf.trainer.precision == "16" and device.type != "cuda":
         raise ConfigError(
             f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32."
         )
     splits = {
-        name: (adapt(x, data.spec, entry.takes), y)
+        name: (adapt(x, data.spec, takes), y)
         for name in ("train", "val", "test")
         for x, y in [data.split(name)]
     }
-    return Prepared(data, entry, spec, splits, device)
+    return Prepared(data, entry, spec, splits, device, takes)
 
 
 def distributed_device_type(conf) -> str:
@@ -385,69 +375,80 @@ def distributed_device_type(conf) -> str:
     return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
 
-def check_task_settings(conf, spec) -> None:
-    """The monitor and the loss must fit the data's task; `auto` settings are resolved here."""
-    from dlrun.metrics import best_mode, metric_names
+def check_task_settings(conf, spec, objective: str = "supervised") -> None:
+    """The monitor and the loss must fit the objective (and for supervised models the data's
+    task); `auto` settings are resolved here."""
+    from dlrun.metrics import best_mode
+    from dlrun.objectives import LOSSES, objective_metrics
 
     trainer = conf.trainer
     stopping = trainer.early_stopping
-    allowed = [f"val_{m}" for m in metric_names(spec.task)]
+    what = f"a {spec.task} metric" if objective == "supervised" else f"a metric of the {objective}"
+    allowed = [f"val_{m}" for m in objective_metrics(objective, spec.task, conf.model)]
     if stopping.monitor not in allowed:
         raise ConfigError(
-            not_one_of(
-                "trainer.early_stopping.monitor", f"a {spec.task} metric", stopping.monitor, allowed
-            )
+            not_one_of("trainer.early_stopping.monitor", what, stopping.monitor, allowed)
         )
     if stopping.mode == "auto":
         stopping.mode = best_mode(stopping.monitor)
-    losses = ("cross_entropy",) if spec.task == "classification" else ("mse", "l1")
+    losses = LOSSES[spec.task if objective == "supervised" else objective]
     if trainer.loss == "auto":
         trainer.loss = losses[0]
     elif trainer.loss not in losses:
-        raise ConfigError(
-            not_one_of("trainer.loss", f"a {spec.task} loss", trainer.loss, ("auto", *losses))
-        )
+        what = f"a {spec.task} loss" if objective == "supervised" else f"a loss of the {objective}"
+        raise ConfigError(not_one_of("trainer.loss", what, trainer.loss, ("auto", *losses)))
 
 
-def write_plots(run_dir: Path, history: list[dict], monitor: str, spec, y_test, outputs) -> None:
-    """curves.png (losses and the monitored metric) and, for classes, confusion_matrix.png."""
+@dataclass
+class Fitted:
+    """A trained model's record: its fit, its val and test scores (with the best checkpoint),
+    its size, and `pictures(run_dir)`, which draws its own plots besides the curves."""
+
+    result: object  # dlrun.training.FitResult
+    scores: dict  # split -> metrics
+    params: int
+    pictures: object  # pictures(run_dir) -> None
+
+
+def confusion_pictures(spec, y_test, outputs):
+    """pictures() of a model that predicts: the test split's confusion matrix (classes)."""
     from dlrun import plots
 
-    plots.save(plots.plot_curves(history, monitor), run_dir / "curves.png")
-    if spec.task != "classification":
-        return
-    if spec.num_classes > plots.MAX_CONFUSION_CLASSES:
-        log.info(
-            "confusion_matrix.png not drawn: %d classes are too many to read (at most %d)",
-            spec.num_classes,
-            plots.MAX_CONFUSION_CLASSES,
-        )
-        return
-    names = spec.class_names or [str(k) for k in range(spec.num_classes)]
-    figure = plots.plot_confusion(y_test, outputs.argmax(axis=1), names)
-    plots.save(figure, run_dir / "confusion_matrix.png")
+    return lambda run_dir: plots.save_confusion(run_dir, spec, y_test, outputs)
 
 
-def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume=None, data=None):
-    """The torch loop; returns (FitResult, predict(x) -> outputs, trainable parameter count)."""
+def build_network(prep, conf):
+    """The network of a torch model, sized from the data; a regression network predicts in the
+    target's own units (dlrun.nn.TargetScaled)."""
     import numpy as np
+
+    model = prep.entry.build(conf.model, prep.spec)
+    if prep.entry.objective == "supervised" and prep.spec.task == "regression":
+        from dlrun.nn import TargetScaled
+
+        y = prep.splits["train"][1]
+        y = y.reshape(len(y), -1).astype(np.float64)  # (N, T)
+        model = TargetScaled(model, y.mean(axis=0), np.maximum(y.std(axis=0), 1e-8))
+    return model
+
+
+def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
+    """The torch loop for the model's objective, then its scores and pictures."""
     import torch
 
+    from dlrun.objectives import objective_for
     from dlrun.report import epoch_progress
-    from dlrun.training import fit_torch, predict
+    from dlrun.training import fit_torch
 
+    device = prep.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
         # Denormal floats (a saturated tanh RNN makes many) slow x86 CPUs several times over;
         # flushing them to zero changes no result that matters.
         torch.set_flush_denormal(True)
-    model = entry.build(conf.model, spec)
-    if spec.task == "regression":
-        from dlrun.nn import TargetScaled
-
-        y = splits["train"][1].reshape(len(splits["train"][1]), -1).astype(np.float64)  # (N, T)
-        model = TargetScaled(model, y.mean(axis=0), np.maximum(y.std(axis=0), 1e-8))
+    model = build_network(prep, conf)
+    objective = objective_for(conf, prep, device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s trainable parameters on %s", f"{params:,}", device)
     with epoch_progress(conf.trainer.max_epochs, conf.trainer.early_stopping.monitor) as on_epoch:
@@ -458,30 +459,37 @@ def fit_network(entry, conf, spec, splits, run_dir: Path, device, logger, resume
 
         result = fit_torch(
             model,
-            splits,
-            spec,
+            prep.splits,
+            prep.spec,
             conf,
             run_dir,
             device,
             progress=on_record,
             resume=resume,
-            data=data,
-            takes=entry.takes,
+            data=prep.data,
+            takes=prep.takes,
+            objective=objective,
         )
+    # the best checkpoint is loaded: score it with the objective's own evaluation
+    inputs = {
+        name: torch.as_tensor(prep.splits[name][0], device=device) for name in ("val", "test")
+    }
+    scores = {
+        name: objective.evaluate(model, inputs[name], prep.splits[name][1]) for name in inputs
+    }
+    return Fitted(result, scores, params, objective.pictures(model, inputs["test"], prep))
 
-    def predict_outputs(x):
-        return predict(model, torch.as_tensor(x, device=device), spec.task, conf.trainer.precision)
 
-    return result, predict_outputs, params
-
-
-def fit_estimator(entry, conf, spec, splits, run_dir: Path, device, logger):
+def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     """The estimator's own fit (no epoch loop); saved in a format that runs no code on load."""
+    from dlrun.metrics import compute_metrics
+
+    entry, spec, splits = prep.entry, prep.spec, prep.splits
     estimator = entry.build(
         conf.model,
         spec,
         seed=conf.seed,
-        device=device,
+        device=prep.device,
         patience=conf.trainer.early_stopping.patience,
     )
     result = estimator.fit(splits, conf, run_dir)
@@ -497,7 +505,13 @@ def fit_estimator(entry, conf, spec, splits, run_dir: Path, device, logger):
         result.epochs_run,
         path.name,
     )
-    return result, estimator.predict, estimator.size()
+    outputs = {name: estimator.predict(splits[name][0]) for name in ("val", "test")}
+    scores = {
+        name: compute_metrics(spec.task, splits[name][1], outputs[name], conf.trainer.loss)
+        for name in outputs
+    }
+    pictures = confusion_pictures(spec, splits["test"][1], outputs["test"])
+    return Fitted(result, scores, estimator.size(), pictures)
 
 
 def versions() -> dict[str, str]:

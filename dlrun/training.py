@@ -143,10 +143,10 @@ def fit_torch(
     """
     from dlrun import distributed
     from dlrun.batches import TrainBatches
-    from dlrun.objectives import objective_for
+    from dlrun.objectives import supervised_objective
 
     tcfg = conf.trainer
-    objective = objective or objective_for(conf, spec, splits["train"][1])
+    objective = objective or supervised_objective(conf, spec, splits["train"][1])
     world = distributed.world_size() if distributed.active() else 1
     main = world == 1 or distributed.rank() == 0
     net, model, channels_last = place(model, tcfg, device, world)

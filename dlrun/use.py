@@ -106,13 +106,9 @@ class Trained:
         ckpt_dir = self.run_dir / "checkpoints"
         if entry.family == "torch":
             from dlrun.checkpoints import load_checkpoint
+            from dlrun.runner import build_network
 
-            self.model = entry.build(conf.model, spec)
-            if spec.task == "regression":
-                from dlrun.nn import TargetScaled
-
-                width = spec.num_targets
-                self.model = TargetScaled(self.model, np.zeros(width), np.ones(width))
+            self.model = build_network(self.prep, conf)  # as training built it; weights below
             state = load_checkpoint(ckpt_dir / "best.pt")
             try:
                 self.model.load_state_dict(state["model"])
@@ -132,16 +128,60 @@ class Trained:
             )
             self.model.load(ckpt_dir)
 
+    def scores(self) -> dict[str, dict[str, float]]:
+        """The validation and test metrics, measured as training measured them."""
+        from dlrun.metrics import compute_metrics
+
+        splits, spec = self.prep.splits, self.prep.spec
+        if self.prep.entry.family != "torch":
+            return {
+                name: compute_metrics(
+                    spec.task,
+                    splits[name][1],
+                    self.outputs(splits[name][0]),
+                    self.conf.trainer.loss,
+                )
+                for name in ("val", "test")
+            }
+        import torch
+
+        from dlrun.objectives import objective_for
+
+        objective = objective_for(self.conf, self.prep, self.prep.device)
+        return {
+            name: objective.evaluate(
+                self.model,
+                torch.as_tensor(splits[name][0], device=self.prep.device),
+                splits[name][1],
+            )
+            for name in ("val", "test")
+        }
+
     def outputs(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, K) or predictions (N, T)."""
+        """Class probabilities (N, K) or predictions (N, T); for an autoencoder, the latent
+        (N, latent_size) and each sample's reconstruction error (its last column)."""
         if self.prep.entry.family != "torch":
             return self.model.predict(x)
+        if self.prep.entry.objective != "supervised":
+            return self.codes(x)
         import torch
 
         from dlrun.training import predict
 
         tensor = torch.as_tensor(x, device=self.prep.device)
         return predict(self.model, tensor, self.prep.spec.task, self.conf.trainer.precision)
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        from dlrun.objectives import objective_for
+
+        objective = objective_for(self.conf, self.prep, self.prep.device)
+        tensor = torch.as_tensor(x, device=self.prep.device)
+        z = objective.latent(self.model, tensor)  # (N, latent_size)
+        given, recon = objective.reconstruct(self.model, tensor)  # in the input's own scale
+        error = (given - recon).pow(2).flatten(1).mean(1, keepdim=True)
+        return torch.cat([z, error], dim=1).double().cpu().numpy()
 
 
 # What dlrun-eval may set: where the run's data and model are read and run, never which rows
@@ -171,16 +211,10 @@ def evaluate(run_dir: Path, overrides: list[str], out_dir: Path) -> dict:
     empty folder)."""
     from dlrun import folders
     from dlrun.checkpoints import atomic_write, write_json
-    from dlrun.metrics import compute_metrics
 
     check_eval_overrides(overrides)
     trained = Trained(run_dir, overrides)
-    scores = {}
-    for name in ("val", "test"):
-        x, y = trained.prep.splits[name]
-        scores[name] = compute_metrics(
-            trained.prep.spec.task, y, trained.outputs(x), trained.conf.trainer.loss
-        )
+    scores = trained.scores()
     folders.claim_run(out_dir, "out_dir")
     try:
         text = OmegaConf.to_yaml(trained.cfg, resolve=True)
@@ -287,12 +321,16 @@ def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool 
 
     check_output(output, run_dir, [input_path], overwrite)
     trained = Trained(run_dir)
-    data, entry = trained.prep.data, trained.prep.entry
+    data = trained.prep.data
     raw = read_input(input_path, trained)
-    x = adapt(data.transform(raw, shown=str(input_path)), data.spec, entry.takes)
+    x = adapt(data.transform(raw, shown=str(input_path)), data.spec, trained.prep.takes)
     outputs = trained.outputs(x)
     spec = trained.prep.spec
-    if spec.task == "classification":
+    if trained.prep.entry.objective != "supervised":  # autoencoders: the latent of each sample
+        width = outputs.shape[1] - 1
+        columns = [f"z_{k}" for k in range(width)] + ["recon_mse"]
+        frame = pd.DataFrame(outputs, columns=columns)
+    elif spec.task == "classification":
         names = list(spec.class_names or range(spec.num_classes))
         frame = pd.DataFrame({"prediction": [names[k] for k in outputs.argmax(axis=1)]})
         for k, name in enumerate(names):
@@ -375,7 +413,12 @@ def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False
             f"format: only torch networks are exported; '{trained.conf.model.name}' is saved in its "
             f"own safe format already ({run_dir / 'checkpoints'})."
         )
-    data, spec, takes = trained.prep.data, trained.prep.spec, trained.prep.entry.takes
+    if trained.prep.entry.objective != "supervised":
+        raise UserError(
+            f"run_dir: exporting a {trained.prep.entry.objective} ('{trained.conf.model.name}') is "
+            "not supported yet; its weights are in checkpoints/best.pt (encoder.* and decoder.*)."
+        )
+    data, spec, takes = trained.prep.data, trained.prep.spec, trained.prep.takes
     raw = raw_samples(data)  # (8, *as loaded)
     model = RawInputs(
         trained.model.float().cpu().eval(),

@@ -6,6 +6,7 @@ import torch, scikit-learn or XGBoost only inside their builders.
 
 from dlrun.models import (  # noqa: F401  (registration side effect)
     attention,
+    autoencoder,
     gru,
     lenet5,
     lstm,

@@ -18,8 +18,11 @@ early stopping, health and signals, once for every objective. An objective owns 
   standardized target while its reported losses stay in the target's units).
 - `metrics` and `evaluate(model, x, y)`: the validation / test numbers, host floats, once an
   epoch; "loss" comes first and the monitored metric is one of them.
+- `pictures(model, x_test, prep)`: what it draws at the end (a confusion matrix,
+  reconstructions, a latent space, samples).
 
-`objective_for` picks the objective of a run from its data and config.
+A model names its objective when it registers (`objective="autoencoder"`); `objective_for`
+builds it for a run.
 """
 
 from __future__ import annotations
@@ -49,11 +52,52 @@ class Objective:
     def evaluate(self, model, x, y) -> dict[str, float]:
         raise NotImplementedError
 
+    def pictures(self, model, x_test, prep):
+        """What the objective draws after training (the best checkpoint is loaded), as a
+        function of the run folder; `x_test` is the test split's inputs on the device."""
+        return lambda run_dir: None
 
-def objective_for(conf, spec, y_train) -> Objective:
-    """The objective of a run: classification or regression of the data's targets."""
+
+# What trainer.loss may be for each objective (the first is what `auto` means).
+LOSSES = {
+    "classification": ("cross_entropy",),
+    "regression": ("mse", "l1"),
+    "autoencoder": ("mse", "l1"),
+    "vae": ("elbo",),
+}
+
+
+def objective_metrics(kind: str, task: str, model_cfg=None) -> tuple[str, ...]:
+    """The validation metrics of an objective (kind: a model's `objective`), "loss" first."""
+    from dlrun.metrics import metric_names
+
+    if kind == "supervised":
+        return tuple(metric_names(task))
+    from dlrun.objectives.reconstruction import EvidenceBound, Reconstruction
+
+    if kind == "vae":
+        return EvidenceBound.metrics
+    denoising = getattr(model_cfg, "denoise", "none") != "none"
+    return Reconstruction.METRICS if denoising else Reconstruction.METRICS[:2]
+
+
+def supervised_objective(conf, spec, y_train) -> Objective:
+    """Classification or regression of the data's targets."""
     from dlrun.objectives.supervised import Classification, Regression
 
     if spec.task == "classification":
         return Classification(conf.trainer.precision)
     return Regression(conf.trainer.loss, conf.trainer.precision, y_train)
+
+
+def objective_for(conf, prep, device) -> Objective:
+    """The objective of a run's model (dlrun.runner.Prepared: data, model entry, splits)."""
+    kind = prep.entry.objective
+    if kind == "supervised":
+        return supervised_objective(conf, prep.spec, prep.splits["train"][1])
+    from dlrun.objectives.reconstruction import EvidenceBound, Reconstruction, Scale
+
+    scale = Scale(prep.data.norm, prep.data.spec.shape, prep.spec.shape, device)
+    if kind == "vae":
+        return EvidenceBound(conf.model.beta, scale, image=prep.spec.kind == "image")
+    return Reconstruction(conf.trainer.loss, conf.model.denoise, conf.model.noise, scale)
