@@ -24,7 +24,9 @@ def dlrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     [
         (
             "model=nosuch",
-            "dlrun: model: 'nosuch' is not a model. Choose one of: attention, gru, lenet5, lstm, mlp, random_forest, rnn, xgboost.\n",
+            "dlrun: model: 'nosuch' is not a model. Choose one of: "
+            + ", ".join(sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")))
+            + ".\n",
         ),
         ("optim.lr=abc", "dlrun: optim.lr must be a float. Got 'abc'.\n"),
         (

@@ -26,11 +26,19 @@ class Classification(Objective):
 
     def evaluate(self, model, x, y) -> dict[str, float]:
         from dlrun.metrics import compute_metrics
+
+        return compute_metrics("classification", y, self.outputs(model, x))
+
+    def outputs(self, model, x):
         from dlrun.training import predict
 
-        return compute_metrics(
-            "classification", y, predict(model, x, "classification", self.precision)
-        )
+        return predict(model, x, "classification", self.precision)  # (N, K) probabilities
+
+    def pictures(self, model, x_test, prep):
+        from dlrun import plots
+
+        outputs, y_test = self.outputs(model, x_test), prep.splits["test"][1]
+        return lambda run_dir: plots.save_confusion(run_dir, prep.spec, y_test, outputs)
 
 
 class Regression(Objective):
