@@ -162,122 +162,130 @@ class Monitor:
 def findings(history: list[dict], conf, best_epoch: int | None = None) -> list[Finding]:
     """What the per-epoch records show, each with the change to try. `best_epoch` is the epoch
     checkpoints/best.pt holds (by the monitored metric), which a finding may name."""
-    found: list[Finding] = []
     if not history:
-        return found
-    lr = conf.optim.lr
-    activation = getattr(conf.model, "activation", None)
+        return []
+    checks = (
+        dead_relu(history, conf),
+        vanishing_gradients(history, conf),
+        exploding_gradients(history, conf),
+        plateau(history, conf),
+        overfitting(history, conf, best_epoch),
+    )
+    return [found for found in checks if found is not None]
 
+
+def dead_relu(history: list[dict], conf) -> Finding | None:
     dead = [r.get("health/dead_relu_frac", 0.0) for r in history]
-    if dead[-1] >= 0.3:
-        since = next(r["epoch"] for r in history if r.get("health/dead_relu_frac", 0) >= 0.3)
-        layers = {
-            k.rsplit("/", 1)[-1]: v
-            for k, v in history[-1].items()
-            if k.startswith("health/dead_relu_frac/")
-        }
-        worst = max(layers, key=layers.get)
-        found.append(
-            Finding(
-                "dead_relu",
-                f"{layers[worst]:.0%} of the units of layer {worst} are dead since epoch {since} "
-                f"(optim.lr={lr:g} with {activation or 'relu'})",
-                since,
-                "high" if dead[-1] >= 0.5 else "medium",
-                f"try optim.lr={lr / 10:g} or model.activation=leaky_relu",
-            )
-        )
+    if dead[-1] < 0.3:
+        return None
+    lr, activation = conf.optim.lr, getattr(conf.model, "activation", None)
+    since = next(r["epoch"] for r in history if r.get("health/dead_relu_frac", 0) >= 0.3)
+    layers = {
+        k.rsplit("/", 1)[-1]: v
+        for k, v in history[-1].items()
+        if k.startswith("health/dead_relu_frac/")
+    }
+    worst = max(layers, key=layers.get)
+    return Finding(
+        "dead_relu",
+        f"{layers[worst]:.0%} of the units of layer {worst} are dead since epoch {since} "
+        f"(optim.lr={lr:g} with {activation or 'relu'})",
+        since,
+        "high" if dead[-1] >= 0.5 else "medium",
+        f"try optim.lr={lr / 10:g} or model.activation=leaky_relu",
+    )
 
+
+def vanishing_gradients(history: list[dict], conf) -> Finding | None:
     ratios = [
         r["health/grad_first_last_ratio"] for r in history if "health/grad_first_last_ratio" in r
     ]
-    if len(ratios) >= 2 and max(ratios[-2:]) < 1e-3 and conf.model.name == "rnn":
-        found.append(
-            Finding(
-                "vanishing_gradients",
-                f"the gradient reaching the first time steps is {ratios[-1]:.1e} of that at the last ones "
-                f"since epoch {history[0]['epoch']}: vanishing gradients in a plain RNN",
-                history[0]["epoch"],
-                "high",
-                "try model=lstm or model=gru",
-            )
-        )
-
-    clip = conf.trainer.clip.max_norm
-    peak = max(
-        history,
-        key=lambda r: (
-            r.get("grad_norm_max", 0.0) if math.isfinite(r.get("grad_norm_max", 0.0)) else math.inf
-        ),
+    if not (len(ratios) >= 2 and max(ratios[-2:]) < 1e-3 and conf.model.name == "rnn"):
+        return None
+    return Finding(
+        "vanishing_gradients",
+        f"the gradient reaching the first time steps is {ratios[-1]:.1e} of that at the last ones "
+        f"since epoch {history[0]['epoch']}: vanishing gradients in a plain RNN",
+        history[0]["epoch"],
+        "high",
+        "try model=lstm or model=gru",
     )
-    if clip is None and (
-        peak.get("grad_norm_max", 0) > 1e3 or not math.isfinite(peak.get("grad_norm_max", 0))
-    ):
-        found.append(
-            Finding(
-                "exploding_gradients",
-                f"the gradient norm reached {peak['grad_norm_max']:.1e} in epoch {peak['epoch']} with clipping off",
-                peak["epoch"],
-                "high",
-                "try trainer.clip.max_norm=1.0",
-            )
-        )
 
+
+def exploding_gradients(history: list[dict], conf) -> Finding | None:
+    def peak_of(r):
+        value = r.get("grad_norm_max", 0.0)
+        return value if math.isfinite(value) else math.inf
+
+    peak = max(history, key=peak_of)
+    value = peak.get("grad_norm_max", 0)
+    if conf.trainer.clip.max_norm is not None or (value <= 1e3 and math.isfinite(value)):
+        return None
+    return Finding(
+        "exploding_gradients",
+        f"the gradient norm reached {value:.1e} in epoch {peak['epoch']} with clipping off",
+        peak["epoch"],
+        "high",
+        "try trainer.clip.max_norm=1.0",
+    )
+
+
+def plateau(history: list[dict], conf) -> Finding | None:
+    if len(history) < 5 or "train_loss" not in history[0]:
+        return None
+    lr = conf.optim.lr
     first = history[0]["train_loss"]
     recent = [r["train_loss"] for r in history[-5:]]
-    if (
-        len(history) >= 5
-        and max(recent) - min(recent) < 0.01 * max(recent)
-        and recent[-1] > 0.8 * first  # it fell by under a fifth since the first epoch
-    ):
-        updates = [v for k, v in history[-1].items() if k.startswith("health/update_ratio/")]
-        tiny = bool(updates) and max(updates) < 1e-4
-        found.append(
-            Finding(
-                "plateau",
-                f"the training loss has barely moved since epoch {history[-5]['epoch']} "
-                f"({recent[-1]:.4g}, from {first:.4g} at epoch 1): the model is not learning"
-                + (
-                    f"; each epoch changes the weights by under {max(updates):.0e} of their size"
-                    if tiny
-                    else ""
-                ),
-                history[-5]["epoch"],
-                "high" if tiny else "medium",
-                f"try optim.lr={lr * 10:g}"
-                + ("" if tiny else " or another model.activation / optimizer"),
-            )
-        )
+    moving = max(recent) - min(recent) >= 0.01 * max(recent)
+    if moving or recent[-1] <= 0.8 * first:  # it moves, or it fell by a fifth or more
+        return None
+    updates = [v for k, v in history[-1].items() if k.startswith("health/update_ratio/")]
+    tiny = bool(updates) and max(updates) < 1e-4
+    return Finding(
+        "plateau",
+        f"the training loss has barely moved since epoch {history[-5]['epoch']} "
+        f"({recent[-1]:.4g}, from {first:.4g} at epoch 1): the model is not learning"
+        + (
+            f"; each epoch changes the weights by under {max(updates):.0e} of their size"
+            if tiny
+            else ""
+        ),
+        history[-5]["epoch"],
+        "high" if tiny else "medium",
+        f"try optim.lr={lr * 10:g}" + ("" if tiny else " or another model.activation / optimizer"),
+    )
 
+
+def overfitting(history: list[dict], conf, best_epoch: int | None) -> Finding | None:
+    if "val_loss" not in history[0] or "train_loss" not in history[0]:
+        return None
     rising = 0
     for prev, cur in zip(history, history[1:], strict=False):
-        rising = (
-            rising + 1
-            if cur["val_loss"] > prev["val_loss"] and cur["train_loss"] < prev["train_loss"]
-            else 0
-        )
+        worse = cur["val_loss"] > prev["val_loss"] and cur["train_loss"] < prev["train_loss"]
+        rising = rising + 1 if worse else 0
     best = min(history, key=lambda r: r["val_loss"])  # the lowest validation loss
-    if rising >= 4 or (
-        len(history) - best["epoch"] >= 5
-        and history[-1]["val_loss"] > 1.2 * best["val_loss"]
-        and history[-1]["train_loss"] < best["train_loss"]
+    if not (
+        rising >= 4
+        or (
+            len(history) - best["epoch"] >= 5
+            and history[-1]["val_loss"] > 1.2 * best["val_loss"]
+            and history[-1]["train_loss"] < best["train_loss"]
+        )
     ):
-        dropout = getattr(conf.model, "dropout", None)
-        advice = (
-            f"try model.dropout={max(0.2, (dropout or 0) + 0.2):.1f} or more data"
-            if dropout is not None
-            else "try more data or a smaller model"
-        )
-        monitor = conf.trainer.early_stopping.monitor
-        kept = best_epoch if best_epoch is not None else best["epoch"]
-        found.append(
-            Finding(
-                "overfitting",
-                f"validation loss has risen since epoch {best['epoch']} while training loss fell: the model "
-                f"is overfitting; the best checkpoint keeps epoch {kept} (by {monitor})",
-                best["epoch"] + 1,
-                "high" if rising >= 4 else "medium",
-                advice,
-            )
-        )
-    return found
+        return None
+    dropout = getattr(conf.model, "dropout", None)
+    advice = (
+        f"try model.dropout={max(0.2, (dropout or 0) + 0.2):.1f} or more data"
+        if dropout is not None
+        else "try more data or a smaller model"
+    )
+    monitor = conf.trainer.early_stopping.monitor
+    kept = best_epoch if best_epoch is not None else best["epoch"]
+    return Finding(
+        "overfitting",
+        f"validation loss has risen since epoch {best['epoch']} while training loss fell: the model "
+        f"is overfitting; the best checkpoint keeps epoch {kept} (by {monitor})",
+        best["epoch"] + 1,
+        "high" if rising >= 4 else "medium",
+        advice,
+    )
