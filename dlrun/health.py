@@ -170,6 +170,8 @@ def findings(history: list[dict], conf, best_epoch: int | None = None) -> list[F
         exploding_gradients(history, conf),
         plateau(history, conf),
         overfitting(history, conf, best_epoch),
+        mode_collapse(history, conf),
+        discriminator_wins(history, conf),
     )
     return [found for found in checks if found is not None]
 
@@ -288,4 +290,47 @@ def overfitting(history: list[dict], conf, best_epoch: int | None) -> Finding | 
         best["epoch"] + 1,
         "high" if rising >= 4 else "medium",
         advice,
+    )
+
+
+def mode_collapse(history: list[dict], conf) -> Finding | None:
+    """A GAN whose samples repeat themselves: their features vary far less than the data's
+    (val_diversity), or the classes it covers fell (val_coverage)."""
+    if "val_diversity" not in history[-1]:
+        return None
+    diversity = history[-1]["val_diversity"]
+    coverage = [r["val_coverage"] for r in history if "val_coverage" in r]
+    fell = bool(coverage) and max(coverage) - coverage[-1] >= 0.3
+    if diversity >= 0.3 and not fell:
+        return None
+    seen = (
+        f"the generated samples vary {diversity:.2f} times as much as the data's"
+        if diversity < 0.3
+        else f"the share of classes it generates fell from {max(coverage):.2f} to {coverage[-1]:.2f}"
+    )
+    return Finding(
+        "mode_collapse",
+        f"{seen} at epoch {history[-1]['epoch']}: the generator collapsed onto a few modes",
+        history[-1]["epoch"],
+        "high" if diversity < 0.1 else "medium",
+        f"try model.loss=hinge or model.g_lr={conf.model.g_lr / 2:g}",
+    )
+
+
+def discriminator_wins(history: list[dict], conf) -> Finding | None:
+    """A GAN whose discriminator tells every sample apart for several epochs: the generator's
+    gradients vanish and it stops improving."""
+    losses = [r["train_loss/disc"] for r in history if "train_loss/disc" in r]
+    if len(losses) < 3 or max(losses[-3:]) >= 0.05:
+        return None
+    since = history[-3]["epoch"]
+    return Finding(
+        "discriminator_wins",
+        f"the discriminator's loss has stayed under 0.05 since epoch {since} "
+        f"({losses[-1]:.3g}): it wins outright and the generator learns little",
+        since,
+        "high",
+        f"try model.d_lr={conf.model.d_lr / 4:g}"
+        + (" or model.d_steps=1" if getattr(conf.model, "d_steps", 1) > 1 else "")
+        + " or model.loss=hinge",
     )

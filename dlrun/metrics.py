@@ -13,7 +13,7 @@ METRICS = {
     "classification": ("accuracy", "f1_macro", "loss"),
     "regression": ("rmse", "mae", "r2", "loss"),
 }
-HIGHER_IS_BETTER = {"accuracy", "f1_macro", "r2", "elbo"}
+HIGHER_IS_BETTER = {"accuracy", "f1_macro", "r2", "elbo", "coverage", "diversity"}
 
 
 def metric_names(task: str) -> tuple[str, ...]:

@@ -198,3 +198,34 @@ class AutoEncoderNet(nn.Module):
         mean, logvar = self.encode(x)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
         return self.decode(z), mean, logvar
+
+
+class GANNet(nn.Module):
+    """A generator and a discriminator (dlrun.models.gan). `model(x)` is the discriminator's
+    logit per sample (B,); `generate(z)` gives samples as the data's own look to the networks
+    (normalized). An image generator makes pixels in [0, 1] (a sigmoid), normalized here with
+    the training split's statistics (`set_scale`, saved with the weights)."""
+
+    def __init__(self, generator, discriminator, shape, latent_size: int, image: bool):
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+        self.shape, self.latent_size, self.image = tuple(shape), latent_size, image
+        self.register_buffer("mean", torch.zeros(1, *self.shape))
+        self.register_buffer("std", torch.ones(1, *self.shape))
+
+    def set_scale(self, norm) -> None:
+        if norm is not None:
+            for buffer, value in zip((self.mean, self.std), norm, strict=True):
+                buffer.copy_(torch.as_tensor(value, dtype=torch.float32).expand_as(buffer))
+
+    def pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (B, C, H, W), or a table's normalized values."""
+        out = self.generator(z).reshape(-1, *self.shape)
+        return torch.sigmoid(out) if self.image else out
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.pixels(z)
+        return (out - self.mean) / self.std if self.image else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(x).reshape(-1)  # (B,) logits: real > 0 > generated

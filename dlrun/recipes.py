@@ -6,6 +6,11 @@ A recipe is a primary config whose header says how to run it and what it reaches
     # shrink: trainer.max_epochs=1                    overrides for a quick smoke run (tests)
     # needs: data/mnist/MNIST/raw                     a folder it cannot run without (optional)
     # expect: optim=adam test.accuracy >= 0.95        [job override] summary key, op, value
+    # expect: test.recon_mse < 0.5*test.noisy_mse      ... or [factor*]another key of the job
+    # expect: test.recon_mse < pca(16)                 ... or a baseline on the job's own split
+
+The baseline `pca(K)`: the test reconstruction error (mean squared, per input value, in the
+input's own scale) of PCA with K components fitted on the job's training split.
 
 `python -m dlrun.recipes [NAME ...]` (`make recipes`) runs them in full and checks every
 expectation; a recipe whose `needs` folder is missing is reported as skipped, with the reason.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import shlex
 import subprocess
 import sys
@@ -31,10 +37,52 @@ class Expect:
     job: str | None  # an override that picks the sweep job ("model=lstm"); None: the only run
     key: str  # dotted path into summary.json
     op: str
-    value: float
+    value: float | str  # a number, [factor*]a key of the same summary, or a baseline: pca(16)
 
     def __str__(self) -> str:
-        return f"{self.job + ' ' if self.job else ''}{self.key} {self.op} {self.value:g}"
+        value = f"{self.value:g}" if isinstance(self.value, float) else self.value
+        return f"{self.job + ' ' if self.job else ''}{self.key} {self.op} {value}"
+
+    def bound(self, summary: dict) -> float:
+        """The right-hand side for one job's summary."""
+        if isinstance(self.value, float):
+            return self.value
+        baseline = re.fullmatch(r"pca\((\d+)\)", self.value)
+        if baseline:
+            return pca_baseline(Path(summary["run_dir"]), int(baseline[1]))
+        factor, _, key = self.value.rpartition("*")
+        return (float(factor) if factor else 1.0) * lookup(summary, key)
+
+
+def lookup(summary: dict, key: str) -> float:
+    value = summary
+    for part in key.split("."):
+        value = value[part]
+    return float(value)
+
+
+def pca_baseline(run_dir: Path, components: int) -> float:
+    """Test reconstruction error of PCA (`components`) fitted on the run's training split, per
+    input value in the input's own scale (image pixels in [0, 1]): what an autoencoder with a
+    latent of that size should beat."""
+    from sklearn.decomposition import PCA
+
+    from dlrun.catalog import load_catalog
+    from dlrun.data import build_data
+    from dlrun.use import compose_from_run
+    from dlrun.validate import validate
+
+    load_catalog()
+    data = build_data(validate(compose_from_run(run_dir, [])).data)
+    raw = {}
+    for split in ("train", "test"):
+        x, _ = data.split(split)
+        if data.norm is not None:
+            x = x * data.norm[1] + data.norm[0]  # back to the input's own scale
+        raw[split] = x.reshape(len(x), -1)
+    pca = PCA(components, random_state=0).fit(raw["train"])
+    rebuilt = pca.inverse_transform(pca.transform(raw["test"]))
+    return float(((rebuilt - raw["test"]) ** 2).mean())
 
 
 @dataclass
@@ -66,7 +114,10 @@ def parse(path: Path) -> Recipe:
         words = text.split()
         job = words.pop(0) if len(words) == 4 else None
         key, op, value = words
-        expects.append(Expect(job, key, op, float(value)))
+        try:
+            expects.append(Expect(job, key, op, float(value)))
+        except ValueError:  # another key of the summary, or a baseline
+            expects.append(Expect(job, key, op, value))
     args = shlex.split(head["run"][0])[1:]
     return Recipe(
         path.stem,
@@ -119,10 +170,8 @@ def check(
         if len(picked) != 1:
             checked.append((expect, None, False))
             continue
-        value = picked[0]
-        for part in expect.key.split("."):
-            value = value[part]
-        checked.append((expect, float(value), OPS[expect.op](float(value), expect.value)))
+        value = lookup(picked[0], expect.key)
+        checked.append((expect, value, OPS[expect.op](value, expect.bound(picked[0]))))
     return checked
 
 

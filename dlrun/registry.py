@@ -16,7 +16,12 @@ from dlrun.errors import ConfigError, not_one_of
 
 # native: images as images, any other data flattened (a model that adapts to the data's kind)
 INPUT_KINDS = ("flat", "image", "sequence", "native")
-OBJECTIVES = ("supervised", "autoencoder", "vae")  # what a training step means (dlrun.objectives)
+OBJECTIVES = (
+    "supervised",
+    "autoencoder",
+    "vae",
+    "gan",
+)  # what a training step means (dlrun.objectives)
 
 
 @dataclass(frozen=True)

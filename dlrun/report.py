@@ -34,8 +34,10 @@ CONSOLE_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "lr", "gra
 def epoch_line(record: dict, max_epochs: int, monitor: str) -> str:
     """One line per epoch: the main numbers (metrics.jsonl has them all)."""
     keys = [k for k in CONSOLE_KEYS if k in record]
+    phases = [k for k in record if k.startswith("train_loss/")]  # several phases: each one's loss
+    keys = phases + keys if phases else keys
     if monitor not in keys:
-        keys.insert(2, monitor)
+        keys.insert(min(2, len(keys)), monitor)
     parts = [f"epoch {record['epoch']}/{max_epochs}"]
     parts += [
         f"{k} {record[k]:.3g}" if k in ("lr", "grad_norm") else f"{k} {record[k]:.4f}" for k in keys
@@ -61,7 +63,8 @@ def epoch_progress(max_epochs: int, monitor: str):
 
     def on_epoch(record: dict, improved: bool) -> None:
         log.info(epoch_line(record, max_epochs, monitor) + ("  *" if improved else ""))
-        status = f"train_loss {record['train_loss']:.4f}  {monitor} {record[monitor]:.4f}"
+        loss = next(k for k in record if k.startswith("train_loss"))
+        status = f"{loss} {record[loss]:.4f}  {monitor} {record[monitor]:.4f}"
         progress.update(task, advance=1, status=status)
 
     with progress:

@@ -147,6 +147,7 @@ def make_summary(conf, prep, fitted, run_dir: Path, started: float) -> dict:
         "versions": versions(),
         "run_dir": str(run_dir),
         "health": health,
+        **({"untrained": fitted.untrained} if fitted.untrained else {}),
     }
 
 
@@ -379,10 +380,12 @@ def check_task_settings(conf, spec, objective: str = "supervised") -> None:
     """The monitor and the loss must fit the objective (and for supervised models the data's
     task); `auto` settings are resolved here."""
     from dlrun.metrics import best_mode
-    from dlrun.objectives import LOSSES, objective_metrics
+    from dlrun.objectives import DEFAULT_MONITOR, LOSSES, objective_metrics
 
     trainer = conf.trainer
     stopping = trainer.early_stopping
+    if stopping.monitor == "val_loss" and objective in DEFAULT_MONITOR:  # left at its default
+        stopping.monitor = DEFAULT_MONITOR[objective]
     what = f"a {spec.task} metric" if objective == "supervised" else f"a metric of the {objective}"
     allowed = [f"val_{m}" for m in objective_metrics(objective, spec.task, conf.model)]
     if stopping.monitor not in allowed:
@@ -408,6 +411,7 @@ class Fitted:
     scores: dict  # split -> metrics
     params: int
     pictures: object  # pictures(run_dir) -> None
+    untrained: dict | None = None  # the metrics before training, where an objective asks
 
 
 def confusion_pictures(spec, y_test, outputs):
@@ -419,10 +423,13 @@ def confusion_pictures(spec, y_test, outputs):
 
 def build_network(prep, conf):
     """The network of a torch model, sized from the data; a regression network predicts in the
-    target's own units (dlrun.nn.TargetScaled)."""
+    target's own units (dlrun.nn.TargetScaled), a GAN generates pixels normalized like the
+    data's (dlrun.nn.GANNet.set_scale)."""
     import numpy as np
 
     model = prep.entry.build(conf.model, prep.spec)
+    if prep.entry.objective == "gan":  # its generator's pixels, normalized like the data's
+        model.set_scale(prep.data.norm)
     if prep.entry.objective == "supervised" and prep.spec.task == "regression":
         from dlrun.nn import TargetScaled
 
@@ -448,9 +455,16 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         # flushing them to zero changes no result that matters.
         torch.set_flush_denormal(True)
     model = build_network(prep, conf)
-    objective = objective_for(conf, prep, device)
+    objective = objective_for(conf, prep, device, run_dir)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s trainable parameters on %s", f"{params:,}", device)
+    untrained = None
+    if getattr(objective, "measure_untrained", False):  # where training starts from
+        x_val = torch.as_tensor(prep.splits["val"][0], device=device)
+        untrained = {"val": objective.evaluate(model.to(device), x_val, prep.splits["val"][1])}
+        log.info(
+            "untrained: %s", "  ".join(f"val_{k} {v:.4g}" for k, v in untrained["val"].items())
+        )
     with epoch_progress(conf.trainer.max_epochs, conf.trainer.early_stopping.monitor) as on_epoch:
 
         def on_record(record: dict, improved: bool) -> None:
@@ -477,7 +491,8 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
     scores = {
         name: objective.evaluate(model, inputs[name], prep.splits[name][1]) for name in inputs
     }
-    return Fitted(result, scores, params, objective.pictures(model, inputs["test"], prep))
+    pictures = objective.pictures(model, inputs["test"], prep)
+    return Fitted(result, scores, params, pictures, untrained)
 
 
 def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:

@@ -51,10 +51,13 @@ class TrainState:
         self.stopper = EarlyStopping(stopping.mode, stopping.patience, stopping.min_delta)
         self.params, self.optimizers, self.schedulers, self.lr_tensors = {}, {}, {}, {}
         for phase in objective.phases:
+            if phase.name in self.optimizers:  # a phase run several times a step (d_steps)
+                continue
             module = net if phase.module is None else getattr(net, phase.module)
             params = [p for p in module.parameters() if p.requires_grad]
+            optim = objective.optim_config(phase.name, conf.optim)
             optimizer = build_optimizer(
-                conf.optim, params, device.type, **optimizer_options(conf, graphed)
+                optim, params, device.type, **optimizer_options(conf, graphed)
             )
             if graphed and conf.sched.name != "none":  # a scheduler's rates reach the graphs
                 self.lr_tensors[phase.name] = tensor_lr(optimizer, device)

@@ -20,7 +20,7 @@ class Steps:
         self.model, self.objective, self.state, self.batches = model, objective, state, batches
         self.tcfg, self.device, self.world = conf.trainer, device, world
         self.channels_last = channels_last
-        self.phases = [p.name for p in objective.phases]
+        self.phases = [p.name for p in objective.phases]  # in order, a name maybe repeated
         # per-step numbers stay on the device until the epoch's one synchronisation
         shape = (len(self.phases), batches.steps)
         self.losses = torch.zeros(shape, device=device)  # each step's mean loss, by phase
@@ -103,13 +103,16 @@ class Steps:
 
         sizes = torch.tensor(self.batches.sizes, dtype=torch.float32, device=self.device)
         world = self.world if self.world > 1 else 1
+        names = list(dict.fromkeys(self.phases))
         numbers = {}
-        for p, phase in enumerate(self.phases):
-            total = distributed.all_sum((self.losses[p] * sizes).sum()) / world
-            norms = self.norms[p, :done]
+        for name in names:
+            rows = [p for p, phase in enumerate(self.phases) if phase == name]
+            # a phase run k times a step: the mean of its k losses, every norm
+            total = distributed.all_sum((self.losses[rows] * sizes).sum() / len(rows)) / world
+            norms = self.norms[rows, :done].reshape(-1)
             finite = torch.isfinite(norms)
             peak = norms[finite].max() if finite.any() else norms.max()
-            suffix = "" if len(self.phases) == 1 else f"/{phase}"
+            suffix = "" if len(names) == 1 else f"/{name}"
             numbers[f"train_loss{suffix}"] = (total / self.batches.seen).item()
             numbers[f"grad_norm{suffix}"] = norms.mean().item()
             if self.tcfg.clip.max_norm is not None:

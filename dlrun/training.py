@@ -149,6 +149,13 @@ def fit_torch(
     objective = objective or supervised_objective(conf, spec, splits["train"][1])
     world = distributed.world_size() if distributed.active() else 1
     main = world == 1 or distributed.rank() == 0
+    if world > 1 and len({p.name for p in objective.phases}) > 1:
+        from dlrun.errors import ConfigError
+
+        raise ConfigError(
+            f"trainer.devices: {conf.model.name} trains in several phases (one optimizer each), "
+            "which DistributedDataParallel does not support yet. Use trainer.devices=1."
+        )
     net, model, channels_last = place(model, tcfg, device, world)
     batches = TrainBatches(
         splits, data, takes, device, tcfg, world, distributed.rank() if world > 1 else 0
@@ -192,6 +199,7 @@ def fit_torch(
                 checkpoint = {"epoch": epoch, "model": net.state_dict(), **state.state_dict()}
                 checkpoint.update(config=config, history=history)
                 commit(ckpt_dir, checkpoint, record, improved, records, stop)
+                objective.after_epoch(net, epoch, run_dir)  # e.g. a GAN's samples of the epoch
                 if progress is not None:
                     progress(record, improved)
             if all_ranks_stop(stop, world, device) or early_stop(state.stopper, monitor):

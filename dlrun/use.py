@@ -147,7 +147,7 @@ class Trained:
 
         from dlrun.objectives import objective_for
 
-        objective = objective_for(self.conf, self.prep, self.prep.device)
+        objective = objective_for(self.conf, self.prep, self.prep.device, self.run_dir, write=False)
         return {
             name: objective.evaluate(
                 self.model,

@@ -183,3 +183,127 @@ def test_an_objective_names_its_own_metrics_and_losses(tmp_path):
     )
     assert summary["monitor"]["mode"] == "max"
     json.dumps(summary, allow_nan=False)
+
+
+def test_gan_losses_follow_their_definitions():
+    from types import SimpleNamespace
+
+    from dlrun.objectives.adversarial import Adversarial, Features
+
+    class Perfect(torch.nn.Module):
+        """A discriminator that is sure: +20 on real samples (positive), -20 on generated ones."""
+
+        latent_size, image = 2, False
+
+        def generate(self, z):
+            return -torch.ones(len(z), 3)
+
+        def forward(self, x):
+            return 20 * x.mean(1)
+
+    cfg = SimpleNamespace(
+        loss="non_saturating", latent_size=2, d_lr=1e-3, g_lr=2e-3, betas=[0.5, 0.9], d_steps=2
+    )
+    gan = Adversarial(cfg, Features(None, 0), torch.device("cpu"))
+    assert [p.name for p in gan.phases] == ["disc", "disc", "gen"]
+    batch = {"x": torch.ones(4, 3)}
+    assert gan.loss(Perfect(), batch, "disc").max() < 1e-8  # -log D(x) - log(1 - D(G(z))) ~ 0
+    assert torch.allclose(gan.loss(Perfect(), batch, "gen"), torch.full((4,), 20.0), atol=1e-6)
+    hinge = Adversarial(
+        SimpleNamespace(**{**vars(cfg), "loss": "hinge"}), Features(None, 0), torch.device("cpu")
+    )
+    assert hinge.loss(Perfect(), batch, "disc").max() == 0  # both margins met
+    assert torch.allclose(hinge.loss(Perfect(), batch, "gen"), torch.full((4,), 20.0))
+    from dlrun.optim import AdamConfig, SGDConfig
+
+    adam = gan.optim_config("gen", AdamConfig())
+    assert adam.lr == 2e-3 and adam.betas == [0.5, 0.9]
+    assert gan.optim_config("disc", SGDConfig()).lr == 1e-3
+
+
+def test_frechet_distance_matches_the_matrix_square_root_formula():
+    from scipy import linalg
+
+    from dlrun.objectives.adversarial import frechet
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 12)), rng.normal(size=(300, 12)) * 1.3 + 0.2
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root)
+    assert frechet(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet(a, a) == pytest.approx(0, abs=1e-9)
+
+
+def test_dcgan_learns_from_its_untrained_start_and_draws_each_epoch(tmp_path):
+    summary, run_dir = train(tmp_path, "model=dcgan", "trainer.max_epochs=3")
+    assert summary["objective"] == "gan" and summary["monitor"]["metric"] == "val_fid"
+    assert set(summary["test"]) == {"fid", "coverage", "diversity"}
+    assert summary["test"]["fid"] < 0.5 * summary["untrained"]["val"]["fid"]
+    records = read_metrics(run_dir)
+    assert {"train_loss/disc", "train_loss/gen", "grad_norm/disc", "grad_norm/gen"} <= set(
+        records[0]
+    )
+    for k in (1, 2, 3):
+        with Image.open(run_dir / "samples" / f"epoch_{k}.png") as image:
+            assert image.format == "PNG" and image.size[0] >= 500
+    with Image.open(run_dir / "samples.png") as image:
+        assert len(np.unique(np.asarray(image.convert("L")))) > 20
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert set(last["optimizers"]) == {"disc", "gen"}
+    assert last["optimizers"]["gen"]["param_groups"][0]["lr"] == 2e-4
+    assert last["optimizers"]["gen"]["param_groups"][0]["betas"] == (0.5, 0.999)
+    assert (run_dir / "checkpoints" / "features.pt").is_file()
+
+    from dlrun import use
+
+    before = (run_dir / "checkpoints" / "features.pt").read_bytes()
+    assert use.evaluate(run_dir, [], tmp_path / "eval")["test"] == summary["test"]
+    assert (run_dir / "checkpoints" / "features.pt").read_bytes() == before
+
+
+def test_gan_resumes_exactly_with_both_optimizers(tmp_path, monkeypatch):
+    args = ("model=gan", "trainer.max_epochs=4", "model.d_steps=2", "model.hidden_sizes=[64,64]")
+    full, full_dir = train(tmp_path, *args, name="full")
+    with sigint_after_epoch(monkeypatch, 2), pytest.raises(Interrupted):
+        train(tmp_path, *args, name="cut")
+    resumed, _ = train(tmp_path, *args, f"trainer.resume={tmp_path / 'cut'}", name="again")
+    times = ("train_time_s", "epoch_time_s", "health/probe_time_s")
+    strip = [{k: v for k, v in r.items() if k not in times} for r in read_metrics(tmp_path / "cut")]
+    assert strip == [{k: v for k, v in r.items() if k not in times} for r in read_metrics(full_dir)]
+    assert resumed["test"] == full["test"]
+
+
+def test_a_gan_on_a_regression_table_is_judged_in_its_own_space(tmp_path):
+    summary, _ = train(tmp_path, "model=gan", "data=diabetes", "trainer.max_epochs=2")
+    assert set(summary["test"]) == {"fid", "diversity"} and summary["test"]["fid"] > 0
+
+
+def test_gan_health_findings():
+    from types import SimpleNamespace
+
+    from dlrun.health import findings
+
+    conf = SimpleNamespace(
+        optim=SimpleNamespace(lr=2e-4),
+        model=SimpleNamespace(name="dcgan", g_lr=2e-4, d_lr=2e-4, d_steps=1),
+        trainer=SimpleNamespace(
+            clip=SimpleNamespace(max_norm=None), early_stopping=SimpleNamespace(monitor="val_fid")
+        ),
+    )
+    history = [
+        {"epoch": e, "train_loss/disc": d, "val_fid": 10.0, "val_coverage": c, "val_diversity": v}
+        for e, d, c, v in (
+            (1, 0.5, 1.0, 0.9),
+            (2, 0.02, 0.9, 0.5),
+            (3, 0.01, 0.6, 0.2),
+            (4, 0.01, 0.5, 0.05),
+        )
+    ]
+    kinds = {f.kind: f for f in findings(history, conf)}
+    assert set(kinds) == {"mode_collapse", "discriminator_wins"}
+    assert kinds["mode_collapse"].message.startswith(
+        "the generated samples vary 0.05 times as much"
+    )
+    assert kinds["discriminator_wins"].advice == "try model.d_lr=5e-05 or model.loss=hinge"
+    assert kinds["discriminator_wins"].since_epoch == 2

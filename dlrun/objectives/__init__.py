@@ -49,6 +49,14 @@ class Objective:
     def mean_loss(self, model, batch: dict, phase: str):
         return self.loss(model, batch, phase).mean()
 
+    def optim_config(self, phase: str, optim):
+        """The optimizer settings of a phase (the `optim` group's, unless the objective has its
+        own per network, as a GAN does)."""
+        return optim
+
+    def after_epoch(self, model, epoch: int, run_dir) -> None:
+        """Called once an epoch is committed (a GAN draws its samples of the epoch here)."""
+
     def evaluate(self, model, x, y) -> dict[str, float]:
         raise NotImplementedError
 
@@ -64,7 +72,10 @@ LOSSES = {
     "regression": ("mse", "l1"),
     "autoencoder": ("mse", "l1"),
     "vae": ("elbo",),
+    "gan": ("auto",),  # model.loss picks the GAN's losses
 }
+# The monitored metric of an objective when trainer.early_stopping.monitor is left at val_loss.
+DEFAULT_MONITOR = {"gan": "val_fid"}
 
 
 def objective_metrics(kind: str, task: str, model_cfg=None) -> tuple[str, ...]:
@@ -77,6 +88,10 @@ def objective_metrics(kind: str, task: str, model_cfg=None) -> tuple[str, ...]:
 
     if kind == "vae":
         return EvidenceBound.metrics
+    if kind == "gan":
+        return (
+            ("fid", "coverage", "diversity") if task == "classification" else ("fid", "diversity")
+        )
     denoising = getattr(model_cfg, "denoise", "none") != "none"
     return Reconstruction.METRICS if denoising else Reconstruction.METRICS[:2]
 
@@ -90,11 +105,20 @@ def supervised_objective(conf, spec, y_train) -> Objective:
     return Regression(conf.trainer.loss, conf.trainer.precision, y_train)
 
 
-def objective_for(conf, prep, device) -> Objective:
-    """The objective of a run's model (dlrun.runner.Prepared: data, model entry, splits)."""
+def objective_for(conf, prep, device, run_dir=None, write: bool = True) -> Objective:
+    """The objective of a run's model (dlrun.runner.Prepared: data, model entry, splits).
+    `run_dir` is where an objective keeps what it fits besides the model (a GAN's feature
+    classifier), written there only with `write` (training, not dlrun-eval)."""
     kind = prep.entry.objective
     if kind == "supervised":
         return supervised_objective(conf, prep.spec, prep.splits["train"][1])
+    if kind == "gan":
+        from pathlib import Path
+
+        from dlrun.objectives.adversarial import Adversarial, feature_classifier
+
+        path = None if run_dir is None else Path(run_dir) / "checkpoints" / "features.pt"
+        return Adversarial(conf.model, feature_classifier(prep, device, path, write), device)
     from dlrun.objectives.reconstruction import EvidenceBound, Reconstruction, Scale
 
     scale = Scale(prep.data.norm, prep.data.spec.shape, prep.spec.shape, device)
