@@ -229,3 +229,30 @@ class GANNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.discriminator(x).reshape(-1)  # (B,) logits: real > 0 > generated
+
+
+class Generated(nn.Module):
+    """The generative half of a trained autoencoder, VAE or GAN, for dlrun-predict and export:
+    latent vectors (B, latent_size) -> samples in the data's own scale (image pixels in [0, 1],
+    a table in its columns' units). For a VAE or a GAN the latent is drawn from N(0, I)."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.gan = isinstance(model, GANNet)
+        self.vae_image = not self.gan and model.variational and len(model.shape) == 3
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    @property
+    def latent_size(self) -> int:
+        return self.model.latent_size
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.gan:
+            out = self.model.pixels(z).float()
+            return out if self.model.image else out * self.std + self.mean
+        out = self.model.decode(z).float()
+        if self.vae_image:
+            return torch.sigmoid(out)  # the pixels' Bernoulli means, in [0, 1]
+        return out * self.std + self.mean

@@ -171,6 +171,15 @@ class Trained:
         tensor = torch.as_tensor(x, device=self.prep.device)
         return predict(self.model, tensor, self.prep.spec.task, self.conf.trainer.precision)
 
+    def generator(self):
+        """dlrun.nn.Generated: latent vectors -> samples in the data's own scale."""
+        from dlrun.nn import Generated
+        from dlrun.objectives.reconstruction import Scale
+
+        data, spec = self.prep.data, self.prep.spec
+        scale = Scale(data.norm, data.spec.shape, spec.shape, "cpu")
+        return Generated(self.model, scale.mean, scale.std).to(self.prep.device).eval()
+
     def codes(self, x: np.ndarray) -> np.ndarray:
         import torch
 
@@ -348,6 +357,34 @@ def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool 
     return output
 
 
+def generate_file(run_dir: Path, count: int, seed: int, output: Path, overwrite: bool) -> Path:
+    """`count` samples drawn from a VAE's or a GAN's prior, decoded, in the data's own scale
+    (image pixels in [0, 1]), as a .npy array (count, *one sample's shape)."""
+    import torch
+
+    from dlrun.checkpoints import atomic_write
+
+    check_output(output, run_dir, [], overwrite)
+    trained = Trained(run_dir)
+    kind, name = trained.prep.entry.objective, trained.conf.model.name
+    if kind not in ("vae", "gan"):
+        what = (
+            "a plain autoencoder has no prior to draw from (model=vae has)"
+            if kind == "autoencoder"
+            else "it predicts from inputs"
+        )
+        raise UserError(
+            f"samples: '{name}' does not generate samples: {what}. Give input=FILE instead."
+        )
+    generator = trained.generator()
+    z = torch.randn((count, generator.latent_size), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        samples = generator(z.to(trained.prep.device)).cpu().numpy().astype(np.float32)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, lambda f: np.save(f, samples, allow_pickle=False))
+    return output
+
+
 def raw_samples(data, n: int = 8) -> np.ndarray:
     """A few test samples as the dataset loads them (what an exported model takes)."""
     from dlrun.data import pixels_to_float
@@ -396,10 +433,10 @@ def input_contract(data, raw: np.ndarray, fmt: str) -> dict:
 def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False) -> Path:
     """The run's best network as ONNX or TorchScript, taking raw samples (its normalization
     inside); checks the export against dlrun-predict's outputs and writes the input contract
-    beside it (`<file>.json`)."""
+    beside it (`<file>.json`). For an autoencoder, a VAE or a GAN: its generative half (latent
+    vectors in, samples in the data's own scale out)."""
     import torch
 
-    from dlrun.checkpoints import atomic_write
     from dlrun.data import adapt
     from dlrun.nn import RawInputs
 
@@ -413,61 +450,97 @@ def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False
             f"format: only torch networks are exported; '{trained.conf.model.name}' is saved in its "
             f"own safe format already ({run_dir / 'checkpoints'})."
         )
-    if trained.prep.entry.objective != "supervised":
-        raise UserError(
-            f"run_dir: exporting a {trained.prep.entry.objective} ('{trained.conf.model.name}') is "
-            "not supported yet; its weights are in checkpoints/best.pt (encoder.* and decoder.*)."
-        )
     data, spec, takes = trained.prep.data, trained.prep.spec, trained.prep.takes
-    raw = raw_samples(data)  # (8, *as loaded)
-    model = RawInputs(
-        trained.model.float().cpu().eval(),
-        data.norm,
-        data.resize_to,
-        raw.shape[1:],
-        takes,
-        data.spec.kind,
-        spec.task == "classification",
-    ).eval()
-    x = torch.as_tensor(raw)
+    if trained.prep.entry.objective != "supervised":  # its generative half: latent -> sample
+        model = trained.generator().cpu()
+        x = torch.randn((8, model.latent_size), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        contract = generator_contract(trained, fmt, tuple(expected.shape[1:]))
+    else:
+        raw = raw_samples(data)  # (8, *as loaded)
+        model = RawInputs(
+            trained.model.float().cpu().eval(),
+            data.norm,
+            data.resize_to,
+            raw.shape[1:],
+            takes,
+            data.spec.kind,
+            spec.task == "classification",
+        ).eval()
+        x = torch.as_tensor(raw)
+        encoded = dataclasses.replace(data, encoder=None)  # a table's samples come encoded here
+        expected = trained.outputs(adapt(encoded.transform(raw), data.spec, takes))  # predict's
+        contract = input_contract(data, raw, fmt)
     output.parent.mkdir(parents=True, exist_ok=True)
-    encoded = dataclasses.replace(data, encoder=None)  # a table's samples come encoded here
-    expected = trained.outputs(adapt(encoded.transform(raw), data.spec, takes))  # dlrun-predict's
+    got = write_model(model.eval(), x, fmt, output)
+    if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(
+            f"the exported model's outputs differ from dlrun's (max {np.abs(got - expected).max()})"
+        )
+    extra = output.with_name(output.name + ".data")
+    if fmt == "onnx" and extra.exists():
+        contract["external_data"] = extra.name  # keep it beside the model
+    from dlrun.checkpoints import atomic_write
+
+    atomic_write(contract_path, lambda f: f.write(json.dumps(contract, indent=2) + "\n"), mode="w")
+    return output
+
+
+def write_model(model, x, fmt: str, output: Path) -> np.ndarray:
+    """`model` written as TorchScript or ONNX (batch size free); returns what the written file
+    computes for `x`, read back through torch.jit or onnxruntime."""
+    import torch
+
+    from dlrun.checkpoints import atomic_write
+
     with torch.no_grad():
         if fmt == "torchscript":
             scripted = torch.jit.trace(model, x)
             atomic_write(output, lambda f: torch.jit.save(scripted, f))
-            got = torch.jit.load(str(output))(x).numpy()
-        else:
-            try:
-                import onnxruntime
-            except ImportError:
-                raise UserError("format: 'onnx' needs pip install 'dlrun[export]'.") from None
-            # one file when it fits (ONNX keeps weights inline up to 2 GB); beyond, the weights
-            # go to <file>.data beside it, which must travel with the model
-            params = sum(p.numel() * p.element_size() for p in model.parameters())
-            torch.onnx.export(
-                model,
-                (x,),
-                str(output),
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True,
-                external_data=params > 1.5e9,
-            )
-            session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-            got = session.run(None, {"input": x.numpy()})[0]
-    if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
-        raise RuntimeError(
-            f"the exported model's outputs differ from dlrun-predict's (max {np.abs(got - expected).max()})"
+            return torch.jit.load(str(output))(x).numpy()
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("format: 'onnx' needs pip install 'dlrun[export]'.") from None
+        # one file when it fits (ONNX keeps weights inline up to 2 GB); beyond, the weights go
+        # to <file>.data beside it, which must travel with the model
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        torch.onnx.export(
+            model,
+            (x,),
+            str(output),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            external_data=params > 1.5e9,
         )
-    contract = input_contract(data, raw, fmt)
-    extra = output.with_name(output.name + ".data")
-    if fmt == "onnx" and extra.exists():
-        contract["external_data"] = extra.name  # keep it beside the model
-    atomic_write(contract_path, lambda f: f.write(json.dumps(contract, indent=2) + "\n"), mode="w")
-    return output
+        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x.numpy()})[0]
+
+
+def generator_contract(trained, fmt: str, shape: tuple) -> dict:
+    """What an exported decoder or generator takes and returns."""
+    kind, spec = trained.prep.entry.objective, trained.prep.spec
+    latent = trained.model.latent_size
+    drawn = (
+        "latent vectors drawn from N(0, I)"
+        if kind in ("vae", "gan")
+        else ("latent codes, as dlrun-predict gives them (z_0, z_1, ...)")
+    )
+    scale = "image pixels in [0, 1]" if spec.kind == "image" else "the data's own units"
+    return {
+        "format": fmt,
+        "what": f"the {'generator' if kind == 'gan' else 'decoder'} of a {kind}",
+        "input": {"name": "input", "dtype": "float32", "shape": ["batch", latent], "what": drawn},
+        "output": {
+            "name": "output",
+            "dtype": "float32",
+            "shape": ["batch", *shape],
+            "what": f"samples in the data's own scale ({scale})",
+        },
+    }
 
 
 def _parse(argv: list[str], allowed: set[str], required: set[str], usage: str):
@@ -545,17 +618,36 @@ def main_eval(argv: list[str]) -> None:
 def main_predict(argv: list[str]) -> None:
     usage = (
         "usage: dlrun-predict run_dir=PATH input=FILE(.csv|.parquet|.npy) [output=FILE.csv] "
-        "[overwrite=true]"
+        "[overwrite=true]\n"
+        "       dlrun-predict run_dir=PATH samples=N [seed=0] [output=FILE.npy]   (vae, gan, dcgan)"
     )
-    allowed = {"run_dir", "input", "output", "overwrite"}
-    options, overrides = _parse(argv, allowed, {"run_dir", "input"}, usage)
+    allowed = {"run_dir", "input", "output", "overwrite", "samples", "seed"}
+    options, overrides = _parse(argv, allowed, {"run_dir"}, usage)
     if overrides:
         _fail(f"unknown option {overrides[0].split('=')[0]}.\n{usage}")
-    source = Path(options["input"])
+    if ("input" in options) == ("samples" in options):
+        _fail(
+            f"give input=FILE (predict for its samples) or samples=N (generate), one of them.\n{usage}"
+        )
     run_dir = Path(options["run_dir"])
+    overwrite = _flag(options, "overwrite")
+    if "samples" in options:
+        count, seed = _count(options, "samples", 1), _count(options, "seed", 0)
+        output = Path(options.get("output") or run_dir / "predictions" / "samples.npy")
+        path = generate_file(run_dir, count, seed, output, overwrite)
+        print(f"written to {path} ({count} samples)")
+        return
+    source = Path(options["input"])
     output = Path(options.get("output") or run_dir / "predictions" / f"{source.stem}.csv")
-    path = predict_file(run_dir, source, output, _flag(options, "overwrite"))
+    path = predict_file(run_dir, source, output, overwrite)
     print(f"written to {path}")
+
+
+def _count(options: dict, key: str, low: int) -> int:
+    text = options.get(key, str(low))
+    if not text.isdigit() or int(text) < low:
+        _fail(f"{key} must be a whole number >= {low}. Got '{text}'.")
+    return int(text)
 
 
 @_guard
@@ -574,7 +666,7 @@ def main_export(argv: list[str]) -> None:
     run_dir = Path(options["run_dir"])
     path = export(run_dir, fmt, Path(output) if output else None, _flag(options, "overwrite"))
     contract = json.loads(path.with_name(path.name + ".json").read_text())
-    print(f"written to {path} (outputs checked against dlrun-predict's)")
+    print(f"written to {path} (its outputs checked against dlrun's own)")
     print(
         f"input: {contract['input']['dtype']} {contract['input']['shape']}: {contract['input']['what']}"
     )

@@ -306,3 +306,32 @@ def test_gan_health_findings():
     )
     assert kinds["discriminator_wins"].advice == "try model.d_lr=5e-05 or model.loss=hinge"
     assert kinds["discriminator_wins"].since_epoch == 2
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_generated_samples_and_the_exported_generator(tmp_path, model):
+    """dlrun-predict samples=N draws from the prior; dlrun-export writes the decoder or the
+    generator (latent in, pixels in [0, 1] out) and its contract; both agree with dlrun."""
+    import onnxruntime
+
+    from conftest import cli
+    from dlrun import use
+
+    _, run_dir = train(tmp_path, f"model={model}", "trainer.max_epochs=2")
+    result = cli(f"run_dir={run_dir}", "samples=12", "seed=3", cwd=tmp_path, tool="dlrun-predict")
+    assert result.returncode == 0, result.stderr
+    samples = np.load(run_dir / "predictions" / "samples.npy")
+    assert samples.shape == (12, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 1
+    assert samples.std() > 0.05  # not one blank image
+
+    path = use.export(run_dir, "onnx", None)
+    contract = json.loads(path.with_name("model.onnx.json").read_text())
+    latent = contract["input"]["shape"][1]
+    assert contract["output"]["shape"] == ["batch", 1, 8, 8]
+    assert "N(0, I)" in contract["input"]["what"] and "[0, 1]" in contract["output"]["what"]
+    z = np.random.default_rng(0).standard_normal((5, latent)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": z})[0]
+    with torch.no_grad():
+        expected = use.Trained(run_dir).generator().cpu()(torch.as_tensor(z)).numpy()
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
