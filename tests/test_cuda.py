@@ -4,6 +4,7 @@ job. Tests that need a GPU skip without one; the decisions about them are tested
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
@@ -164,10 +165,21 @@ def test_xgboost_on_the_gpu(tmp_path):
     assert summary["device"].startswith("cuda") and summary["test"]["accuracy"] > 0.9
 
 
-def test_graph_step_body_trains_exactly_like_the_eager_loop(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "model, keys",
+    [
+        ("mlp", ("train_loss", "val_loss", "grad_norm", "grad_norm_max", "clip_frac")),
+        (
+            "gan",
+            ("train_loss/disc", "train_loss/gen", "grad_norm/disc", "grad_norm/gen", "val_fid"),
+        ),
+    ],
+)
+def test_graph_step_body_trains_exactly_like_the_eager_loop(tmp_path, monkeypatch, model, keys):
     """The step a CUDA graph records (batch gathered from the epoch's order by a device step
-    counter, loss and norm written into the epoch's buffers) run eagerly on the CPU: the same
-    numbers as the plain loop, with a last partial batch."""
+    counter, every phase's loss and norm written into the epoch's buffers) run eagerly on the
+    CPU: the same numbers as the plain loop, with a last partial batch; for a GAN, both
+    optimizers' steps in the one body."""
     import dlrun.graphs
 
     class Eager:  # GraphedSteps without the capture
@@ -187,6 +199,7 @@ def test_graph_step_body_trains_exactly_like_the_eager_loop(tmp_path, monkeypatc
         lambda body, device: made.append(Eager(body, device)) or made[-1],
     )
     overrides = (
+        f"model={model}",
         "trainer.device=cpu",
         "trainer.batch_size=100",
         "trainer.clip.max_norm=1.0",
@@ -197,8 +210,17 @@ def test_graph_step_body_trains_exactly_like_the_eager_loop(tmp_path, monkeypatc
     _, eager_dir = train(tmp_path, *overrides, name="eager")
     assert made and made[0].sizes[:14] == [100] * 12 + [93, 100]  # 1293 samples an epoch
     for a, b in zip(read_metrics(body_dir), read_metrics(eager_dir), strict=True):
-        for key in ("train_loss", "val_loss", "grad_norm", "grad_norm_max", "clip_frac"):
+        for key in keys:
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
+@cuda
+def test_a_dcgan_trains_in_cuda_graphs(tmp_path):
+    """Both optimizers' steps of a GAN (and the noise it draws) inside one captured step."""
+    summary, run_dir = train(tmp_path, "model=dcgan", "trainer.device=cuda", *SMALL)
+    assert summary["cuda_graphs"] is True
+    assert summary["test"]["fid"] < 0.5 * summary["untrained"]["val"]["fid"]
+    assert all(math.isfinite(r["train_loss/gen"]) for r in read_metrics(run_dir))
 
 
 @cuda

@@ -335,3 +335,32 @@ def test_generated_samples_and_the_exported_generator(tmp_path, model):
     with torch.no_grad():
         expected = use.Trained(run_dir).generator().cpu()(torch.as_tensor(z)).numpy()
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_sweep_over_the_models_without_labels(tmp_path):
+    """Through the command: one sweep, one leaderboard, each job with its own pictures."""
+    import csv
+
+    from conftest import cli
+
+    result = cli(
+        "-m",
+        "model=autoencoder,vae,gan,dcgan",
+        "trainer.max_epochs=1",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    with (tmp_path / "sweep" / "leaderboard.csv").open() as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"autoencoder", "vae", "gan", "dcgan"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    pictures = {
+        "autoencoder": {"reconstructions.png", "latent.png"},
+        "vae": {"reconstructions.png", "latent.png", "samples.png"},
+        "gan": {"samples.png"},
+        "dcgan": {"samples.png"},
+    }
+    for model, row in rows.items():
+        made = {p.name for p in (tmp_path / "sweep" / row["job"]).glob("*.png")}
+        assert pictures[model] <= made, (model, made)
