@@ -133,6 +133,18 @@ def plot_latent(points: np.ndarray, labels, class_names, title: str, axes_names:
     return fig
 
 
+def plot_real_and_generated(real: np.ndarray, fake: np.ndarray, title: str):
+    """Real and generated rows (N, 2) in the same 2-D projection."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    ax.scatter(*real.T, s=12, color="tab:blue", label="test rows")
+    ax.scatter(*fake.T, s=12, color="tab:orange", marker="x", label="generated")
+    ax.set(xlabel="first principal component", ylabel="second principal component", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def plot_image_grid(images: np.ndarray, title: str):
     """Images (N, C, H, W) with values in [0, 1], in a square grid."""
     plt = _pyplot()

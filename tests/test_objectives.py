@@ -274,8 +274,11 @@ def test_gan_resumes_exactly_with_both_optimizers(tmp_path, monkeypatch):
 
 
 def test_a_gan_on_a_regression_table_is_judged_in_its_own_space(tmp_path):
-    summary, _ = train(tmp_path, "model=gan", "data=diabetes", "trainer.max_epochs=2")
+    summary, run_dir = train(tmp_path, "model=gan", "data=diabetes", "trainer.max_epochs=2")
     assert set(summary["test"]) == {"fid", "diversity"} and summary["test"]["fid"] > 0
+    with Image.open(run_dir / "samples.png") as image:  # real and generated rows, 2-D PCA
+        assert image.size[0] >= 500 and len(np.unique(np.asarray(image.convert("L")))) > 20
+    assert not (run_dir / "samples").exists()  # no per-epoch image grids for a table
 
 
 def test_gan_health_findings():

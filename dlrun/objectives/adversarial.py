@@ -112,14 +112,26 @@ class Adversarial(Objective):
         plots.save(plots.plot_image_grid(images, title), run_dir / "samples" / f"epoch_{epoch}.png")
 
     def pictures(self, model, x_test, prep):
+        """samples.png: a grid of generated images; for a table, generated and test rows in
+        the test rows' first two principal components."""
         images, name = self.grid(model), prep.entry.name
+        if images is None:
+            from sklearn.decomposition import PCA
+
+            real = x_test.flatten(1).double().cpu().numpy()
+            fake = self.generate(model, len(real)).flatten(1).double().cpu().numpy()
+            pca = PCA(n_components=2, random_state=0).fit(real)
+            points = (pca.transform(real), pca.transform(fake))
 
         def draw(run_dir) -> None:
-            if images is not None:
-                from dlrun import plots
+            from dlrun import plots
 
+            if images is not None:
                 figure = plots.plot_image_grid(images, f"{name}: generated samples (best epoch)")
-                plots.save(figure, run_dir / "samples.png")
+            else:
+                title = f"{name}: test rows and as many generated ones (the test rows' 2-D PCA)"
+                figure = plots.plot_real_and_generated(*points, title)
+            plots.save(figure, run_dir / "samples.png")
 
         return draw
 

@@ -170,7 +170,11 @@ def pictures(objective, model, x_test, prep, samples: bool = False):
     """reconstructions.png (test inputs above their reconstructions), latent.png (the test split
     in the 2-D latent, or a PCA of it, coloured by label) and, with `samples`, samples.png (64
     draws from the prior). Computed now, drawn when the run folder is written."""
-    inputs, outputs = (t.cpu().numpy() for t in objective.reconstruct(model, x_test[:SHOWN]))
+    image = x_test.ndim == 4
+    pair = objective.reconstruct(model, x_test[:SHOWN])  # in the input's own scale
+    if not image:  # a table: in standard deviations of each feature, so every column shows
+        pair = tuple(objective.scale.normalized(t) for t in pair)
+    inputs, outputs = (t.cpu().numpy() for t in pair)
     z = objective.latent(model, x_test).cpu().numpy()
     axes = ("z1", "z2")
     if z.shape[1] > 2:
@@ -190,9 +194,10 @@ def pictures(objective, model, x_test, prep, samples: bool = False):
     def draw(run_dir) -> None:
         from dlrun import plots
 
-        what = "test inputs (top) and their reconstructions"
+        where = "(top)" if image else "(left, in standard deviations of each feature)"
+        what = f"test inputs {where} and their reconstructions"
         if getattr(objective, "denoise", "none") != "none":
-            what = "corrupted test inputs (top) and their denoised reconstructions"
+            what = f"corrupted test inputs {where} and their denoised reconstructions"
         plots.save(
             plots.plot_reconstructions(inputs, outputs, f"{name}: {what}"),
             run_dir / "reconstructions.png",
