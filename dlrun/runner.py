@@ -64,8 +64,13 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
     with run_log(run_dir) if main else contextlib.nullcontext():
         if main:
             if resume is None:
-                text = OmegaConf.to_yaml(cfg, resolve=True)
+                from dlrun.data.preprocess import FOLDER
+                from dlrun.training import conf_dict
+
+                # the config as it ran (`auto` settings resolved): the checkpoints hold the same
+                text = OmegaConf.to_yaml(OmegaConf.create(conf_dict(conf)))
                 atomic_write(run_dir / "config.yaml", lambda f: f.write(text), mode="w")
+                prep.data.preprocessing.save(run_dir / FOLDER)  # predicting needs only the run
             else:
                 folders.stamp(run_dir)
             write_json(run_dir / "summary.json", running_summary(conf, run_dir))
@@ -364,6 +369,57 @@ def prepare(conf) -> Prepared:
     return Prepared(data, entry, spec, splits, device, takes)
 
 
+def prepare_saved(conf, run_dir: Path) -> Prepared:
+    """What `prepare` gives, from a trained run's folder alone: its saved preprocessing instead
+    of the data (no samples: `splits` is empty). A run saved before dlrun kept its
+    preprocessing is prepared from its data, as before."""
+    from dlrun.data.preprocess import FOLDER, Preprocessing
+    from dlrun.registry import get_model
+    from dlrun.training import job_device
+
+    if not (Path(run_dir) / FOLDER / "preprocessing.json").is_file():
+        log.info("%s keeps no preprocessing (an older run): reading its data again", run_dir)
+        return prepare(conf)
+    saved = Preprocessing.load(Path(run_dir) / FOLDER)
+    entry = get_model(conf.model.name)
+    takes = entry.input_for(saved.spec)
+    spec = saved.spec.view(takes)
+    check_task_settings(conf, spec, entry.objective)
+    return Prepared(saved, entry, spec, {}, job_device(conf.trainer.device), takes)
+
+
+def check_unchanged(run_dir: Path, prep: Prepared, conf) -> None:
+    """dlrun-eval reads the run's data again: refused when its files changed since training
+    (their fingerprints), or when what it fits again differs from what the run saved."""
+    import numpy as np
+
+    from dlrun.data.preprocess import FOLDER, Preprocessing
+
+    folder = Path(run_dir) / FOLDER
+    if not (folder / "preprocessing.json").is_file():
+        return  # an older run: nothing saved to compare with
+    saved, now = Preprocessing.load(folder), prep.data.preprocessing
+    for key, fingerprint in saved.sources.items():
+        if now.sources.get(key) != fingerprint:
+            what = "file" if key == "data.path" else "folder"
+            named = getattr(conf.data, key.split(".", 1)[1])
+            raise UserError(
+                f"{key}: the {what} {named} changed since the run trained (its "
+                f"{'content hash' if what == 'file' else 'listing of files'} differs), so its "
+                "validation and test rows are not the ones the run was scored on. Evaluate on "
+                "the original data, or train again."
+            )
+    same = saved.spec == now.spec and (saved.norm is None) == (now.norm is None)
+    if same and saved.norm is not None:
+        same = all(np.array_equal(a, b) for a, b in zip(saved.norm, now.norm, strict=True))
+    if not same:
+        raise UserError(
+            f"{folder}: what the data gives now (its normalization or classes) differs from what "
+            "the run saved, so this is not the data it was trained on. Evaluate on the original "
+            "data, or train again."
+        )
+
+
 def distributed_device_type(conf) -> str:
     """The process group's device kind under torchrun (NCCL for GPUs, gloo for CPUs)."""
     from dlrun import distributed
@@ -433,9 +489,13 @@ def build_network(prep, conf):
     if prep.entry.objective == "supervised" and prep.spec.task == "regression":
         from dlrun.nn import TargetScaled
 
-        y = prep.splits["train"][1]
-        y = y.reshape(len(y), -1).astype(np.float64)  # (N, T)
-        model = TargetScaled(model, y.mean(axis=0), np.maximum(y.std(axis=0), 1e-8))
+        if "train" in prep.splits:
+            y = prep.splits["train"][1]
+            y = y.reshape(len(y), -1).astype(np.float64)  # (N, T)
+            mean, std = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-8)
+        else:  # a saved run: its checkpoint holds the target's mean and std
+            mean, std = np.zeros(prep.spec.num_targets), np.ones(prep.spec.num_targets)
+        model = TargetScaled(model, mean, std)
     return model
 
 

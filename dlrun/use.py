@@ -92,16 +92,24 @@ def interpolations(node, prefix: str = "") -> list[tuple[str, str]]:
 
 
 class Trained:
-    """A run's best model, ready to predict on inputs shaped for it."""
+    """A run's best model, ready to predict: from the run folder alone (its saved
+    preprocessing), or with `with_data` also its data read again (dlrun-eval), which must be
+    the data it trained on."""
 
-    def __init__(self, run_dir: Path, overrides: list[str] = ()):
-        from dlrun.runner import prepare
+    def __init__(self, run_dir: Path, overrides: list[str] = (), with_data: bool = False):
+        from dlrun.runner import check_unchanged, prepare, prepare_saved
         from dlrun.validate import validate
 
         self.run_dir = Path(run_dir)
         self.cfg = compose_from_run(self.run_dir, list(overrides))
         self.conf = validate(self.cfg)
-        self.prep = prepare(self.conf)
+        if with_data:
+            self.prep = prepare(self.conf)
+            check_unchanged(self.run_dir, self.prep, self.conf)
+        else:
+            self.prep = prepare_saved(self.conf, self.run_dir)
+        # what prepares new samples (dlrun.data.preprocess.Preprocessing), saved or refitted
+        self.data = getattr(self.prep.data, "preprocessing", self.prep.data)
         entry, spec, conf = self.prep.entry, self.prep.spec, self.conf
         ckpt_dir = self.run_dir / "checkpoints"
         if entry.family == "torch":
@@ -176,7 +184,7 @@ class Trained:
         from dlrun.nn import Generated
         from dlrun.objectives.reconstruction import Scale
 
-        data, spec = self.prep.data, self.prep.spec
+        data, spec = self.data, self.prep.spec
         scale = Scale(data.norm, data.spec.shape, spec.shape, "cpu")
         return Generated(self.model, scale.mean, scale.std).to(self.prep.device).eval()
 
@@ -222,7 +230,7 @@ def evaluate(run_dir: Path, overrides: list[str], out_dir: Path) -> dict:
     from dlrun.checkpoints import atomic_write, write_json
 
     check_eval_overrides(overrides)
-    trained = Trained(run_dir, overrides)
+    trained = Trained(run_dir, overrides, with_data=True)
     scores = trained.scores()
     folders.claim_run(out_dir, "out_dir")
     try:
@@ -278,7 +286,7 @@ def read_input(path: Path, trained: Trained):
     from dlrun.errors import first_line, regular_file
 
     regular_file(path, "input", "a .csv, .parquet or .npy file of samples")
-    data = trained.prep.data
+    data = trained.data
     if path.suffix in (".csv", ".parquet"):
         from dlrun.data.files import read_table
 
@@ -311,7 +319,7 @@ def read_input(path: Path, trained: Trained):
             raise UserError(
                 f"input: {path} holds {got}; this run needs numbers, one sample per row."
             )
-        shape = data.native_shape or tuple(data.x_train.shape[1:])
+        shape = data.native_shape
         if tuple(array.shape[1:]) != shape:
             raise UserError(
                 f"input: {path} holds samples of shape {'x'.join(map(str, array.shape[1:]))}; this run "
@@ -330,7 +338,7 @@ def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool 
 
     check_output(output, run_dir, [input_path], overwrite)
     trained = Trained(run_dir)
-    data = trained.prep.data
+    data = trained.data
     raw = read_input(input_path, trained)
     x = adapt(data.transform(raw, shown=str(input_path)), data.spec, trained.prep.takes)
     outputs = trained.outputs(x)
@@ -386,12 +394,14 @@ def generate_file(run_dir: Path, count: int, seed: int, output: Path, overwrite:
 
 
 def raw_samples(data, n: int = 8) -> np.ndarray:
-    """A few test samples as the dataset loads them (what an exported model takes)."""
-    from dlrun.data import pixels_to_float
-
-    if data.stored is not None:  # images as loaded: pixels scaled to [0, 1], native size
-        return pixels_to_float(data.stored["test"][:n], data.pixel_max)
-    x = data.x_test[:n]
+    """A few samples as the dataset loads them (what an exported model takes), drawn at random
+    from the run's own statistics: the export needs no data, only the run folder. Images get
+    pixels in [0, 1]; anything else values around the training split's mean."""
+    rng = np.random.default_rng(0)
+    shape = (n, *data.native_shape)
+    if data.spec.kind == "image":
+        return rng.uniform(0, 1, size=shape).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
     return x if data.norm is None else (x * data.norm[1] + data.norm[0]).astype(np.float32)
 
 
@@ -450,7 +460,7 @@ def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False
             f"format: only torch networks are exported; '{trained.conf.model.name}' is saved in its "
             f"own safe format already ({run_dir / 'checkpoints'})."
         )
-    data, spec, takes = trained.prep.data, trained.prep.spec, trained.prep.takes
+    data, spec, takes = trained.data, trained.prep.spec, trained.prep.takes
     if trained.prep.entry.objective != "supervised":  # its generative half: latent -> sample
         model = trained.generator().cpu()
         x = torch.randn((8, model.latent_size), generator=torch.Generator().manual_seed(0))

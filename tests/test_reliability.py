@@ -105,14 +105,33 @@ def test_resume_refuses_another_experiment(tmp_path):
         train(tmp_path, f"trainer.resume={tmp_path / 'nowhere'}")
 
 
-def test_a_diverging_run_is_recorded_and_best_is_kept(tmp_path):
-    _, run_dir = train(tmp_path, "trainer.max_epochs=2", name="ok")
+def test_a_diverging_run_is_recorded_and_best_is_kept(tmp_path, monkeypatch):
     with pytest.raises(
         Diverged, match=r"the training loss became (nan|inf) in epoch 1, step \d+ of 41"
     ):
         train(tmp_path, "optim=sgd", "optim.lr=1e12", "trainer.max_epochs=3", name="bad")
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
     assert summary["status"] == "diverged" and "optim.lr=1000000000000.0" in summary["error"]
+
+    # a loss that turns NaN in epoch 3 (step 5): best.pt keeps the best epoch before it
+    from dlrun.objectives.supervised import Classification
+
+    real, calls = Classification.mean_loss, []
+
+    def poisoned(self, model, batch, phase="main"):
+        calls.append(1)
+        loss = real(self, model, batch, phase)
+        return loss * float("nan") if len(calls) == 2 * 41 + 5 else loss
+
+    monkeypatch.setattr(Classification, "mean_loss", poisoned)
+    with pytest.raises(Diverged) as stopped:
+        train(tmp_path, "trainer.max_epochs=5", name="late")
+    assert "in epoch 3, step 5 of 41" in str(stopped.value)
+    assert "checkpoints/best.pt keeps epoch 2, the best before it (val_loss" in str(stopped.value)
+    best = load_checkpoint(tmp_path / "late" / "checkpoints" / "best.pt")
+    assert best["epoch"] == 2 and best["early_stopping"]["best_epoch"] == 2
+    assert all(torch.isfinite(w).all() for w in best["model"].values())
+    assert [r["epoch"] for r in read_metrics(tmp_path / "late")] == [1, 2]
 
 
 KILL_LOOP = """

@@ -95,23 +95,23 @@ class DataModule:
     pixel_max: int | None = None  # whole-number pixels 0..pixel_max (255 for 8-bit), else None
     augment: Any = None  # data.augment (dlrun.data.device.AugmentConfig): training batches only
 
+    sources: dict = dataclasses.field(default_factory=dict)  # data fingerprints (preprocess)
+
+    @property
+    def preprocessing(self):
+        """What was fitted on the training split to prepare samples (dlrun.data.preprocess),
+        the one thing that prepares new samples, here and from a saved run."""
+        from dlrun.data.preprocess import Preprocessing
+
+        native = self.native_shape or tuple(self.x_train.shape[1:])
+        return Preprocessing(
+            self.spec, native, self.norm, self.pixel_max, self.resize_to, self.encoder, self.sources
+        )
+
     def transform(self, x: Any, shown: str = "the input") -> np.ndarray:
         """New samples, as loaded, prepared exactly as the training samples were (the values
-        `DeviceInputs.take(idx, train=False)` gives). Images may come as the loader's uint8
-        pixels or as floats in [0, 1]."""
-        if self.encoder is not None:
-            x = self.encoder.transform(x, shown)
-        x = np.asarray(x)
-        if self.pixel_max is not None and x.dtype == np.uint8:
-            x = pixels_to_float(x, self.pixel_max)
-        x = np.asarray(x, dtype=np.float32)
-        names = getattr(self.encoder, "feature_names", None)
-        _check_finite(x, np.arange(len(x)), self.spec, names, where=f"input: {shown}")
-        if self.norm is not None:
-            x = ((x - self.norm[0]) / self.norm[1]).astype(np.float32)
-        if self.resize_to is not None:
-            x = resize_images(x, self.resize_to)
-        return x
+        `DeviceInputs.take(idx, train=False)` gives)."""
+        return self.preprocessing.transform(x, shown)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
@@ -161,6 +161,7 @@ def build_data(cfg) -> DataModule:
     the dtype `cfg.storage` picks (auto: uint8 for 8-bit pixels), for the training device.
     """
     from dlrun.data.device import storage_dtype, stored_splits
+    from dlrun.data.preprocess import fingerprints
     from dlrun.registry import get_data
 
     raw = get_data(cfg.name).load(cfg)
@@ -200,6 +201,7 @@ def build_data(cfg) -> DataModule:
         stored=stored,
         pixel_max=pixel_max,
         augment=getattr(cfg, "augment", None),
+        sources=fingerprints(cfg),
     )
 
 

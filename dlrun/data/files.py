@@ -508,6 +508,46 @@ class TableEncoder:
                 names.append(column)
         return tuple(names)
 
+    def describe(self) -> dict:
+        """The fitted encoding as plain data, for the run's preprocessing.json (to read; the
+        fitted encoder itself is saved with skops)."""
+        described = {
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "vocab": {c: list(v) for c, v in self.vocab.items()},
+            "how": self.how,
+            "impute": self.impute,
+            "feature_names": list(self.feature_names),
+        }
+        fitted = self.transformer_.named_transformers_
+        if self.impute and self.numeric:
+            statistics = fitted["num"][-1].statistics_
+            described["numeric_fill"] = dict(zip(self.numeric, map(float, statistics), strict=True))
+        if self.categorical:
+            steps = fitted["cat"]
+            known = steps[-1].categories_
+            described["categories"] = {
+                c: [str(v) for v in values]
+                for c, values in zip(self.categorical, known, strict=True)
+            }
+            if self.impute:
+                fills = map(str, steps[0].statistics_)
+                described["categorical_fill"] = dict(zip(self.categorical, fills, strict=True))
+        return described
+
+    @classmethod
+    def restore(cls, described: dict, transformer) -> TableEncoder:
+        """The encoder a run fitted, from its description and its saved scikit-learn encoder."""
+        encoder = cls(
+            described["numeric"],
+            described["categorical"],
+            described["vocab"],
+            described["how"],
+            described["impute"],
+        )
+        encoder.transformer_ = transformer
+        return encoder
+
     def __call__(self, table, train_rows: np.ndarray) -> np.ndarray:
         train = table.iloc[train_rows]
         if self.impute:
