@@ -545,19 +545,32 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
             objective=objective,
         )
     # the best checkpoint is loaded: score it with the objective's own evaluation
-    inputs = {
-        name: torch.as_tensor(prep.splits[name][0], device=device) for name in ("val", "test")
-    }
-    scores = {
-        name: objective.evaluate(model, inputs[name], prep.splits[name][1]) for name in inputs
-    }
+    scores, inputs = score(prep, model, objective, conf)
     pictures = objective.pictures(model, inputs["test"], prep)
     return Fitted(result, scores, params, pictures, untrained)
 
 
+def score(prep, model, objective, conf) -> tuple[dict, dict]:
+    """Validation and test metrics of a trained model, the one way training and dlrun-eval
+    measure them: a network by its objective's evaluation (returns the splits' inputs on the
+    device too), an estimator by the shared metric code (returns its outputs too)."""
+    splits = {name: prep.splits[name] for name in ("val", "test")}
+    if objective is not None:
+        import torch
+
+        inputs = {name: torch.as_tensor(x, device=prep.device) for name, (x, _) in splits.items()}
+        scores = {name: objective.evaluate(model, inputs[name], splits[name][1]) for name in inputs}
+        return scores, inputs
+    from dlrun.metrics import compute_metrics
+
+    outputs = {name: model.predict(x) for name, (x, _) in splits.items()}
+    task, loss = prep.spec.task, conf.trainer.loss
+    scores = {name: compute_metrics(task, splits[name][1], outputs[name], loss) for name in outputs}
+    return scores, outputs
+
+
 def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     """The estimator's own fit (no epoch loop); saved in a format that runs no code on load."""
-    from dlrun.metrics import compute_metrics
 
     entry, spec, splits = prep.entry, prep.spec, prep.splits
     estimator = entry.build(
@@ -580,11 +593,7 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
         result.epochs_run,
         path.name,
     )
-    outputs = {name: estimator.predict(splits[name][0]) for name in ("val", "test")}
-    scores = {
-        name: compute_metrics(spec.task, splits[name][1], outputs[name], conf.trainer.loss)
-        for name in outputs
-    }
+    scores, outputs = score(prep, estimator, None, conf)
     pictures = confusion_pictures(spec, splits["test"][1], outputs["test"])
     return Fitted(result, scores, estimator.size(), pictures)
 

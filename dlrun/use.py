@@ -138,32 +138,16 @@ class Trained:
 
     def scores(self) -> dict[str, dict[str, float]]:
         """The validation and test metrics, measured as training measured them."""
-        from dlrun.metrics import compute_metrics
+        from dlrun.runner import score
 
-        splits, spec = self.prep.splits, self.prep.spec
-        if self.prep.entry.family != "torch":
-            return {
-                name: compute_metrics(
-                    spec.task,
-                    splits[name][1],
-                    self.outputs(splits[name][0]),
-                    self.conf.trainer.loss,
-                )
-                for name in ("val", "test")
-            }
-        import torch
+        objective = None
+        if self.prep.entry.family == "torch":
+            from dlrun.objectives import objective_for
 
-        from dlrun.objectives import objective_for
-
-        objective = objective_for(self.conf, self.prep, self.prep.device, self.run_dir, write=False)
-        return {
-            name: objective.evaluate(
-                self.model,
-                torch.as_tensor(splits[name][0], device=self.prep.device),
-                splits[name][1],
+            objective = objective_for(
+                self.conf, self.prep, self.prep.device, self.run_dir, write=False
             )
-            for name in ("val", "test")
-        }
+        return score(self.prep, self.model, objective, self.conf)[0]
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) or predictions (N, T); for an autoencoder, the latent
