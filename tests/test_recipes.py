@@ -23,8 +23,9 @@ def test_the_issue_s_recipes_are_all_here():
 
 
 # The model zoo (eight models, ~2 minutes even shrunken) runs in full in the slow suite
-# (tests/test_slow.py::test_model_zoo_on_digits), so here it is slow too.
-SLOW = {"model_zoo_digits"}
+# (tests/test_slow.py::test_model_zoo_on_digits), so here it is slow too; DCGAN on MNIST runs the
+# same code as DCGAN on digits, on MNIST files the slow suite writes.
+SLOW = {"model_zoo_digits", "dcgan_mnist"}
 
 
 @pytest.mark.parametrize(
