@@ -35,6 +35,8 @@ class DataSpec:
     num_classes: int | None = None  # classification
     num_targets: int = 1  # regression
     class_names: tuple[str, ...] | None = None
+    # Text: samples are token ids (T,) in 1..vocab_size-1 (0 pads); sequence models embed them
+    vocab_size: int | None = None
 
     @property
     def out_features(self) -> int:
