@@ -38,6 +38,13 @@ class TrainBatches:
         elif not self.streaming:
             self.x = torch.as_tensor(self.host_x, device=device)
         self.y = torch.as_tensor(self.host_y, device=device)
+        # padded sequences: each sample's valid steps, which a sequence model reads beside x (a
+        # model that flattens them reads the zero padding as it is)
+        lengths = None if data is None or takes != "sequence" else getattr(data, "lengths", None)
+        self.host_lengths = None if lengths is None else np.asarray(lengths["train"])
+        self.lengths = (
+            None if lengths is None else torch.as_tensor(self.host_lengths, device=device)
+        )
 
         self.n = n = len(self.host_y)
         self.batch = batch = min(tcfg.batch_size, n)
@@ -53,7 +60,9 @@ class TrainBatches:
             from dlrun.streaming import BatchLoader
 
             pin = device.type == "cuda"
-            self.loader = BatchLoader(self.host_x, self.host_y, tcfg.workers, pin=pin)
+            self.loader = BatchLoader(
+                self.host_x, self.host_y, tcfg.workers, pin=pin, lengths=self.host_lengths
+            )
             log.info(
                 "training data (%.2f GB) streams from host memory: %d DataLoader workers%s",
                 self.host_x.nbytes / 1e9,
@@ -73,7 +82,10 @@ class TrainBatches:
         if self.world > 1:
             idx = idx[self.rank :: self.world]  # this rank's share of the global batch
         x = self.stored.take(idx, train=True) if self.stored is not None else self.x[idx]
-        return {"x": x, "y": self.y[idx]}  # (B, *shape), (B,) or (B, T)
+        batch = {"x": x, "y": self.y[idx]}  # (B, *shape), (B,) or (B, T)
+        if self.lengths is not None:
+            batch["lengths"] = self.lengths[idx]  # (B,)
+        return batch
 
     def epoch(self, perm):
         """(batch, global batch size) for each step of the epoch, in the order `perm`."""
@@ -85,8 +97,11 @@ class TrainBatches:
             perm[s * self.batch : (s + 1) * self.batch][self.rank :: self.world]
             for s in range(self.steps)
         ]
-        for (x, y), size in zip(self.loader.epoch(rows), self.sizes, strict=True):
-            x = x.to(self.device, non_blocking=True)
+        for parts, size in zip(self.loader.epoch(rows), self.sizes, strict=True):
+            x, y = parts[0].to(self.device, non_blocking=True), parts[1]
             if self.stored is not None:
                 x = self.stored.prepare(x, train=True)
-            yield {"x": x, "y": y.to(self.device, non_blocking=True)}, size
+            batch = {"x": x, "y": y.to(self.device, non_blocking=True)}
+            if len(parts) == 3:
+                batch["lengths"] = parts[2].to(self.device, non_blocking=True)
+            yield batch, size

@@ -11,6 +11,7 @@ import functools
 
 @functools.cache
 def load_catalog() -> None:
+    import dlrun.data.arrays  # noqa: F401
     import dlrun.data.digits  # noqa: F401
     import dlrun.data.files  # noqa: F401
     import dlrun.data.synthetic  # noqa: F401

@@ -77,6 +77,7 @@ class DataConfig:
     val_split: float = setting(0.1, lo=0, hi=1, lo_open=True, hi_open=True)
     split_seed: int = setting(II("seed"), **SEED)  # the run's seed unless set on its own
     normalize: bool = True  # statistics from the training split only
+    as_sequence: bool = False  # a table's F features read as F steps of one value (sequence models)
     task: Optional[str] = setting(
         None, choices=("classification", "regression")
     )  # null: the data's

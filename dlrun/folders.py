@@ -40,11 +40,13 @@ TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 @dataclass
 class Claim:
-    """A folder this process holds: the open, locked marker file, and whether we made the folder."""
+    """A folder this process holds: the open, locked marker file, and whether we made the folder
+    (and from which ancestor on: `outputs/train/<date>/` may be new too)."""
 
     path: Path
     fd: int
     created: bool
+    top: Path | None = None  # the highest folder the claim created
 
 
 # folder (resolved) -> its claim, for every folder this process holds
@@ -129,6 +131,7 @@ def claim_run(run_dir: Path, key: str = "hydra.run.dir") -> Claim:
     elif run_dir.exists():
         raise UserError(f"{key}: {run_dir} is a file, not a folder. Choose another {key}.")
     created = not run_dir.exists()
+    top = _first_missing(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -141,8 +144,30 @@ def claim_run(run_dir: Path, key: str = "hydra.run.dir") -> Claim:
         ) from None
     _lock(fd)
     os.write(fd, _stamp())
-    claim = _HELD[run_dir] = Claim(run_dir, fd, created)
+    claim = _HELD[run_dir] = Claim(run_dir, fd, created, top)
     return claim
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The highest ancestor of `path` (or itself) that does not exist yet."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty_up_to(folder: Path, top: Path | None) -> None:
+    """Empty folders a claim created above its run folder (outputs/<task>/<date>/), up to `top`."""
+    if top is None:
+        return
+    for parent in folder.parents:
+        if not parent.is_relative_to(top) or any(parent.iterdir()):
+            break
+        parent.rmdir()
+        if parent == top:
+            break
 
 
 def hold_run(run_dir: Path) -> Claim:
@@ -218,6 +243,7 @@ def discard_if_unused(run_dir: Path) -> None:
     release(run_dir)
     if claim.created:
         shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_empty_up_to(run_dir, claim.top)
     else:
         shutil.rmtree(run_dir / HYDRA_DIR, ignore_errors=True)
         (run_dir / RUN_MARKER).unlink(missing_ok=True)
@@ -273,6 +299,7 @@ def claim_sweep(sweep_dir: Path, planned: int | None) -> Claim:
             "hydra.sweep.dir."
         )
     created = not sweep_dir.exists()
+    top = _first_missing(sweep_dir)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(sweep_dir / SWEEP_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -287,7 +314,7 @@ def claim_sweep(sweep_dir: Path, planned: int | None) -> Claim:
         ) from None
     _lock(fd)
     os.write(fd, _stamp({"planned": planned}))
-    claim = _HELD[sweep_dir] = Claim(sweep_dir, fd, created)
+    claim = _HELD[sweep_dir] = Claim(sweep_dir, fd, created, top)
     return claim
 
 
@@ -320,6 +347,7 @@ def discard_unused_sweeps() -> None:
         release(path)
         if claim.created:
             shutil.rmtree(path, ignore_errors=True)
+            _remove_empty_up_to(path, claim.top)
 
 
 def planned_jobs(config) -> int | None:

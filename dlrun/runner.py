@@ -339,6 +339,12 @@ class Prepared:
     device: object  # torch.device
     takes: str = "flat"  # the input kind the model reads the data as (dlrun.data.adapt)
 
+    @property
+    def lengths(self) -> dict | None:
+        """Padded sequences read by a sequence model: split -> each sample's valid steps; None
+        for other data, and for models that flatten the sequences (zero padding and all)."""
+        return getattr(self.data, "lengths", None) if self.takes == "sequence" else None
+
 
 def prepare(conf) -> Prepared:
     """Seed, build the data, bridge it to the model's input, and pick the device."""
@@ -522,6 +528,7 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
     if getattr(objective, "measure_untrained", False):  # where training starts from
         x_val = torch.as_tensor(prep.splits["val"][0], device=device)
         untrained = {"val": objective.evaluate(model.to(device), x_val, prep.splits["val"][1])}
+        # (the objectives that measure an untrained model read no lengths)
         log.info(
             "untrained: %s", "  ".join(f"val_{k} {v:.4g}" for k, v in untrained["val"].items())
         )
@@ -559,7 +566,16 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
         import torch
 
         inputs = {name: torch.as_tensor(x, device=prep.device) for name, (x, _) in splits.items()}
-        scores = {name: objective.evaluate(model, inputs[name], splits[name][1]) for name in inputs}
+        lengths = {
+            name: None
+            if prep.lengths is None
+            else torch.as_tensor(prep.lengths[name], device=prep.device)
+            for name in inputs
+        }
+        scores = {
+            name: objective.evaluate(model, inputs[name], splits[name][1], lengths=lengths[name])
+            for name in inputs
+        }
         return scores, inputs
     from dlrun.metrics import compute_metrics
 

@@ -14,10 +14,11 @@ import numpy as np
 
 
 class _Rows:
-    """A map-style dataset whose item is a batch: rows (a 1-D index tensor) -> (x, y)."""
+    """A map-style dataset whose item is a batch: rows (a 1-D index tensor) -> (x, y), or
+    (x, y, lengths) for padded sequences."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        self.x, self.y = x, y
+    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None):
+        self.x, self.y, self.lengths = x, y, lengths
 
     def __len__(self) -> int:
         return len(self.y)
@@ -26,7 +27,10 @@ class _Rows:
         import torch
 
         rows = np.asarray(rows)
-        return torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows])
+        parts = (torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows]))
+        if self.lengths is not None:
+            parts += (torch.from_numpy(self.lengths[rows]),)
+        return parts
 
 
 class _EpochBatches:
@@ -45,12 +49,12 @@ class _EpochBatches:
 class BatchLoader:
     """`epoch(batches)` yields (x, y) CPU tensors (pinned on CUDA) for each batch of rows."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, workers: int, pin: bool):
+    def __init__(self, x: np.ndarray, y: np.ndarray, workers: int, pin: bool, lengths=None):
         from torch.utils.data import DataLoader
 
         self.sampler = _EpochBatches()
         self.loader = DataLoader(
-            _Rows(x, y),
+            _Rows(x, y, lengths),
             sampler=self.sampler,
             batch_size=None,  # each item already is a batch
             num_workers=workers,

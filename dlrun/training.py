@@ -104,16 +104,21 @@ class GracefulStop:
             signal.signal(sig, handler)
 
 
-def predict(model, x, task: str, precision: str = "32", batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Outputs for every sample of `x` (a tensor on the model's device): class probabilities
-    (classification) or predictions (regression), as one host array."""
+def predict(
+    model, x, task: str, precision: str = "32", batch_size: int = EVAL_BATCH, lengths=None
+) -> np.ndarray:
+    """Outputs for every sample of `x` (a tensor on the model's device; `lengths` (N,) the
+    valid steps of padded sequences): class probabilities (classification) or predictions
+    (regression), as one host array."""
     import torch
 
     model.eval()
     outs = []
     with torch.no_grad(), autocast(x.device, precision):
         for start in range(0, len(x), batch_size):
-            outs.append(model(x[start : start + batch_size]).float())
+            part = slice(start, start + batch_size)
+            out = model(x[part]) if lengths is None else model(x[part], lengths[part])
+            outs.append(out.float())
     out = torch.cat(outs).cpu().double()  # (N, K) or (N, T)
     if task == "classification":
         out = torch.softmax(out, dim=1)  # in float64, so each row sums to 1 for log_loss
@@ -162,10 +167,13 @@ def fit_torch(
     )
     state, steps = plan_steps(net, model, objective, conf, device, world, batches, channels_last)
     x_val, y_val = _as_device(splits["val"][0], device), splits["val"][1]
+    val_lengths = None if batches.lengths is None else _as_device(data.lengths["val"], device)
     history, start = [], 1
     if resume is not None:
         history, start = restore(net, state, resume, run_dir, main, tcfg.max_epochs)
-    health = probe(net, objective, x_val, y_val, spec, device) if tcfg.diagnostics else None
+    health = None
+    if tcfg.diagnostics:
+        health = probe(net, objective, x_val, y_val, val_lengths, spec, device)
     ckpt_dir = run_dir / "checkpoints"
     monitor, config, epoch = tcfg.early_stopping.monitor, conf_dict(conf), start - 1
     startup = time.perf_counter() - STARTED
@@ -184,7 +192,7 @@ def fit_torch(
             losses = [v for k, v in numbers.items() if k.startswith("train_loss")]
             if not all(math.isfinite(v) for v in losses):
                 raise diverged(numbers, epoch, steps, state.stopper, conf)
-            val = objective.evaluate(net, x_val, y_val)
+            val = objective.evaluate(net, x_val, y_val, lengths=val_lengths)
             record = {"epoch": epoch, **numbers, **{f"val_{k}": v for k, v in val.items()}}
             record["lr"] = lr
             improved = state.end_epoch(record[monitor], epoch)  # early stopping, schedules
@@ -271,13 +279,15 @@ def restore(net, state, resume: dict, run_dir: Path, main: bool, max_epochs: int
     return history, resume["epoch"] + 1
 
 
-def probe(net, objective, x_val, y_val, spec, device):
+def probe(net, objective, x_val, y_val, lengths, spec, device):
     """The health monitor on a fixed probe batch of the validation split."""
     import torch
 
     from dlrun.health import PROBE, Monitor
 
     batch = {"x": x_val[:PROBE], "y": torch.as_tensor(np.asarray(y_val[:PROBE]), device=device)}
+    if lengths is not None:
+        batch["lengths"] = lengths[:PROBE]
     return Monitor(
         net,
         batch,

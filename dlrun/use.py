@@ -149,9 +149,10 @@ class Trained:
             )
         return score(self.prep, self.model, objective, self.conf)[0]
 
-    def outputs(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray, lengths=None) -> np.ndarray:
         """Class probabilities (N, K) or predictions (N, T); for an autoencoder, the latent
-        (N, latent_size) and each sample's reconstruction error (its last column)."""
+        (N, latent_size) and each sample's reconstruction error (its last column). `lengths`:
+        the valid steps of padded sequences."""
         if self.prep.entry.family != "torch":
             return self.model.predict(x)
         if self.prep.entry.objective != "supervised":
@@ -160,8 +161,13 @@ class Trained:
 
         from dlrun.training import predict
 
-        tensor = torch.as_tensor(x, device=self.prep.device)
-        return predict(self.model, tensor, self.prep.spec.task, self.conf.trainer.precision)
+        device = self.prep.device
+        tensor = torch.as_tensor(x, device=device)
+        if lengths is not None:
+            lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64), device=device)
+        return predict(
+            self.model, tensor, self.prep.spec.task, self.conf.trainer.precision, lengths=lengths
+        )
 
     def generator(self):
         """dlrun.nn.Generated: latent vectors -> samples in the data's own scale."""
@@ -265,25 +271,38 @@ def check_output(output: Path, run_dir: Path, sources: list[Path], overwrite: bo
 
 
 def read_input(path: Path, trained: Trained):
-    """Samples from a file: a table (csv, parquet) by column names, or an array (.npy) of samples
-    shaped like the training data's. Tables are read as training read them (dlrun.data.files)."""
+    """(samples, lengths or None) from a file: a table (csv, parquet) by column names, an array
+    (.npy) of samples shaped like the training data's, or a .npz with `x` and maybe `lengths`
+    (padded sequences). Tables are read as training read them (dlrun.data.files)."""
     from dlrun.errors import first_line, regular_file
 
-    regular_file(path, "input", "a .csv, .parquet or .npy file of samples")
+    regular_file(path, "input", "a .csv, .parquet, .npy or .npz file of samples")
     data = trained.data
+    if path.suffix == ".npz":
+        from dlrun.data.arrays import read_lengths, read_npz
+
+        arrays = read_npz(path, ("x",), key="input")
+        x = arrays["x"]
+        if x.ndim == 2 and len(data.native_shape) == 2 and data.native_shape[1] == 1:
+            x = x[:, :, None]  # (N, T) sequences of one feature
+        x = check_samples(x, path, data.native_shape)
+        lengths = arrays.get("lengths")
+        if lengths is not None:
+            lengths = read_lengths(lengths, data.spec.kind, data.native_shape, path)
+        return x, lengths
     if path.suffix in (".csv", ".parquet"):
         from dlrun.data.files import read_table
 
         frame, _ = read_table(str(path), path.suffix[1:], key="input")
         if data.encoder is not None:
-            return frame
+            return frame, None
         expected = data.spec.shape
         if len(expected) != 1 or frame.shape[1] != expected[0]:
             raise UserError(
                 f"input: {path} has {frame.shape[1]} columns; this run's {data.spec.kind} data has "
                 f"samples of shape {'x'.join(map(str, expected))}. Give a .npy array of samples instead."
             )
-        return frame.to_numpy(dtype=np.float32)
+        return frame.to_numpy(dtype=np.float32), None
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)  # never unpickle: that runs the file's code
@@ -298,19 +317,23 @@ def read_input(path: Path, trained: Trained):
                 ) from None
             reason = first_line(ex) if is_npy else "it does not start with NumPy's .npy header"
             raise UserError(f"input: cannot read {path} as a .npy array: {reason}.") from None
-        if array.dtype.kind not in "biuf" or array.ndim == 0 or len(array) == 0:
-            got = f"{array.dtype} values" if array.dtype.kind not in "biuf" else "no samples"
-            raise UserError(
-                f"input: {path} holds {got}; this run needs numbers, one sample per row."
-            )
-        shape = data.native_shape
-        if tuple(array.shape[1:]) != shape:
-            raise UserError(
-                f"input: {path} holds samples of shape {'x'.join(map(str, array.shape[1:]))}; this run "
-                f"needs {'x'.join(map(str, shape))}."
-            )
-        return array
-    raise UserError(f"input: {path} must be a .csv, .parquet or .npy file. Got '{path.suffix}'.")
+        return check_samples(array, path, data.native_shape), None
+    raise UserError(
+        f"input: {path} must be a .csv, .parquet, .npy or .npz file. Got '{path.suffix}'."
+    )
+
+
+def check_samples(array: np.ndarray, path: Path, shape: tuple) -> np.ndarray:
+    """An array of samples for prediction: numbers, one sample per row, of the run's shape."""
+    if array.dtype.kind not in "biuf" or array.ndim == 0 or len(array) == 0:
+        got = f"{array.dtype} values" if array.dtype.kind not in "biuf" else "no samples"
+        raise UserError(f"input: {path} holds {got}; this run needs numbers, one sample per row.")
+    if tuple(array.shape[1:]) != tuple(shape):
+        raise UserError(
+            f"input: {path} holds samples of shape {'x'.join(map(str, array.shape[1:]))}; this run "
+            f"needs {'x'.join(map(str, shape))}."
+        )
+    return array
 
 
 def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool = False) -> Path:
@@ -323,9 +346,9 @@ def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool 
     check_output(output, run_dir, [input_path], overwrite)
     trained = Trained(run_dir)
     data = trained.data
-    raw = read_input(input_path, trained)
-    x = adapt(data.transform(raw, shown=str(input_path)), data.spec, trained.prep.takes)
-    outputs = trained.outputs(x)
+    raw, lengths = read_input(input_path, trained)
+    x = adapt(data.transform(raw, str(input_path), lengths), data.spec, trained.prep.takes)
+    outputs = trained.outputs(x, lengths if trained.prep.takes == "sequence" else None)
     spec = trained.prep.spec
     if trained.prep.entry.objective != "supervised":  # autoencoders: the latent of each sample
         width = outputs.shape[1] - 1
@@ -611,7 +634,7 @@ def main_eval(argv: list[str]) -> None:
 @_guard
 def main_predict(argv: list[str]) -> None:
     usage = (
-        "usage: dlrun-predict run_dir=PATH input=FILE(.csv|.parquet|.npy) [output=FILE.csv] "
+        "usage: dlrun-predict run_dir=PATH input=FILE(.csv|.parquet|.npy|.npz) [output=FILE.csv] "
         "[overwrite=true]\n"
         "       dlrun-predict run_dir=PATH samples=N [seed=0] [output=FILE.npy]   (vae, gan, dcgan)"
     )

@@ -98,6 +98,8 @@ class DataModule:
     augment: Any = None  # data.augment (dlrun.data.device.AugmentConfig): training batches only
 
     sources: dict = dataclasses.field(default_factory=dict)  # data fingerprints (preprocess)
+    # Padded sequences: split -> each sample's valid steps (N,), the first ones; None: all valid
+    lengths: dict[str, np.ndarray] | None = None
 
     @property
     def preprocessing(self):
@@ -110,10 +112,10 @@ class DataModule:
             self.spec, native, self.norm, self.pixel_max, self.resize_to, self.encoder, self.sources
         )
 
-    def transform(self, x: Any, shown: str = "the input") -> np.ndarray:
+    def transform(self, x: Any, shown: str = "the input", lengths=None) -> np.ndarray:
         """New samples, as loaded, prepared exactly as the training samples were (the values
         `DeviceInputs.take(idx, train=False)` gives)."""
-        return self.preprocessing.transform(x, shown)
+        return self.preprocessing.transform(x, shown, lengths)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
@@ -153,6 +155,8 @@ class RawData:
     # One name per feature of a flat sample, as errors show them (a table's columns; one-hot
     # features as column=value). None: features are told by their index.
     feature_names: tuple[str, ...] | None = None
+    # Sequences padded to spec.shape[0] steps: each sample's valid steps (N,), the first ones
+    lengths: np.ndarray | None = None
 
 
 def build_data(cfg) -> DataModule:
@@ -180,9 +184,15 @@ def build_data(cfg) -> DataModule:
     spec = raw.spec
     if raw.encode is not None:  # encoding decides the feature count (one-hot columns, say)
         spec = dataclasses.replace(spec, shape=tuple(xs[0].shape[1:]))
-    norm = _statistics(spec, xs[0]) if cfg.normalize else None
-    if norm is not None:
+    if getattr(cfg, "as_sequence", False):  # only when asked: F features as F steps of one
+        spec, xs = as_sequence(spec, xs)
+    lengths = None if raw.lengths is None else [raw.lengths[rows] for rows in (train, val, test)]
+    norm = None
+    if cfg.normalize and spec.vocab_size is None:  # token ids are not normalized
+        norm = _statistics(spec, xs[0], None if lengths is None else lengths[0])
         xs = [((x - norm[0]) / norm[1]).astype(np.float32) for x in xs]
+        if lengths is not None:  # padding stays zero
+            xs = [pad_zero(x, n) for x, n in zip(xs, lengths, strict=True)]
     stored = None
     if spec.kind == "image" and raw.encode is None:
         dtype = storage_dtype(getattr(cfg, "storage", "auto"), pixel_max, spec.name)
@@ -204,6 +214,7 @@ def build_data(cfg) -> DataModule:
         pixel_max=pixel_max,
         augment=getattr(cfg, "augment", None),
         sources=fingerprints(cfg),
+        lengths=None if lengths is None else dict(zip(SPLITS, lengths, strict=True)),
     )
 
 
@@ -391,13 +402,37 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
     return out.numpy()
 
 
-def _statistics(spec: DataSpec, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the training split: per channel for images, per feature otherwise.
-    Shaped (1, ...) to broadcast over a batch of samples; float32 like the samples.
+def as_sequence(spec: DataSpec, xs: list) -> tuple[DataSpec, list]:
+    """A table's F features read as a sequence of F steps of one value (data.as_sequence)."""
+    if spec.kind != "tabular":
+        raise ConfigError(
+            f"data.as_sequence: only a table is read as a sequence; {spec.name} is {spec.kind} data."
+        )
+    (width,) = spec.shape
+    spec = dataclasses.replace(spec, kind="sequence", shape=(width, 1))
+    return spec, [x.reshape(len(x), width, 1) for x in xs]
+
+
+def pad_zero(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Steps beyond each sequence's length set to zero (N, T, D)."""
+    x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0
+    return x
+
+
+def _statistics(
+    spec: DataSpec, train: np.ndarray, lengths: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the training split: per channel for images, per feature otherwise (for
+    padded sequences over their valid steps only). Shaped (1, ...) to broadcast over a batch of
+    samples; float32 like the samples.
 
     Computed in float64, a block of samples at a time: float32 squares overflow beyond 1.8e19
     (features of magnitude 1e30 gave an infinite std), and a float64 copy of a whole image set
     would take twice its memory."""
+    if lengths is not None:  # (N, T, D): the valid steps only, then shaped (1, 1, D)
+        valid = train[np.arange(train.shape[1])[None, :] < lengths[:, None]]  # (steps, D)
+        mean, std = _statistics(dataclasses.replace(spec, kind="tabular"), valid)
+        return mean[None], std[None]
     axes = (0, 2, 3) if spec.kind == "image" else tuple(range(train.ndim - 1))
     mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
     squares = np.zeros_like(mean)

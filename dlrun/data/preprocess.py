@@ -45,10 +45,11 @@ class Preprocessing:
     sources: dict[str, str] = field(default_factory=dict)  # config key -> data fingerprint
     stored = None  # no samples here (the DataModule's own attribute)
 
-    def transform(self, x: Any, shown: str = "the input") -> np.ndarray:
+    def transform(self, x: Any, shown: str = "the input", lengths=None) -> np.ndarray:
         """New samples, as loaded, prepared exactly as the training samples were. Images may
-        come as the loader's uint8 pixels or as floats in [0, 1]; a table as its columns."""
-        from dlrun.data import _check_finite, pixels_to_float, resize_images
+        come as the loader's uint8 pixels or as floats in [0, 1]; a table as its columns;
+        padded sequences with their `lengths` (padding stays zero)."""
+        from dlrun.data import _check_finite, pad_zero, pixels_to_float, resize_images
 
         if self.encoder is not None:
             x = self.encoder.transform(x, shown)
@@ -60,6 +61,8 @@ class Preprocessing:
         _check_finite(x, np.arange(len(x)), self.spec, names, where=f"input: {shown}")
         if self.norm is not None:
             x = ((x - self.norm[0]) / self.norm[1]).astype(np.float32)
+            if lengths is not None:
+                x = pad_zero(x, np.asarray(lengths))
         if self.resize_to is not None:
             x = resize_images(x, self.resize_to)
         return x

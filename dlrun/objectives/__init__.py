@@ -10,13 +10,14 @@ early stopping, health and signals, once for every objective. An objective owns 
 - `loss(model, batch, phase)`: the per-sample losses of a phase on a batch, shape (B,), on the
   device and without reading the host, so the loop can take the exact mean of a global batch
   under DDP or of a partial last batch, and capture every phase of a step in one CUDA graph.
-  A batch is a dict of device tensors: `x` always, `y` when the data has targets.
+  A batch is a dict of device tensors: `x` always, `y` when the data has targets, `lengths`
+  for padded sequences (`forward(model, batch)` calls the model with them).
 - `mean_loss(model, batch, phase)`: the mean of `loss` over the batch, which the loop uses in
   one process; the base class computes it from `loss`, an objective may fuse it (cross-entropy's
   own mean is one kernel less per step than a per-sample loss and its mean).
 - `grad_scale`: the loss is divided by it for the gradients only (regression learns a
   standardized target while its reported losses stay in the target's units).
-- `metrics` and `evaluate(model, x, y)`: the validation / test numbers, host floats, once an
+- `metrics` and `evaluate(model, x, y, lengths=None)`: the validation / test numbers, host floats, once an
   epoch; "loss" comes first and the monitored metric is one of them.
 - `pictures(model, x_test, prep)`: what it draws at the end (a confusion matrix,
   reconstructions, a latent space, samples).
@@ -57,13 +58,19 @@ class Objective:
     def after_epoch(self, model, epoch: int, run_dir) -> None:
         """Called once an epoch is committed (a GAN draws its samples of the epoch here)."""
 
-    def evaluate(self, model, x, y) -> dict[str, float]:
+    def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
         raise NotImplementedError
 
     def pictures(self, model, x_test, prep):
         """What the objective draws after training (the best checkpoint is loaded), as a
         function of the run folder; `x_test` is the test split's inputs on the device."""
         return lambda run_dir: None
+
+
+def forward(model, batch: dict):
+    """The model's output for a batch: padded sequences come with their lengths."""
+    lengths = batch.get("lengths")
+    return model(batch["x"]) if lengths is None else model(batch["x"], lengths)
 
 
 # What trainer.loss may be for each objective (the first is what `auto` means).

@@ -72,7 +72,7 @@ class Adversarial(Objective):
             return -d_fake
         return F.softplus(-d_fake)  # the non-saturating loss: -log D(G(z))
 
-    def evaluate(self, model, x, y) -> dict[str, float]:
+    def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
         fake = self.generate(model, max(GENERATED, len(x)))
         real_f, fake_f = self.features(x), self.features(fake)
         scores = {"fid": frechet(real_f, fake_f), "diversity": spread(fake_f) / spread(real_f)}

@@ -50,7 +50,7 @@ class Reconstruction(Objective):
         error = F.mse_loss if self.kind == "mse" else F.l1_loss
         return error(model(self.corrupt(x)).float(), x, reduction="none").flatten(1).mean(1)
 
-    def evaluate(self, model, x, y) -> dict[str, float]:
+    def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
         error = F.mse_loss if self.kind == "mse" else F.l1_loss
         generator = torch.Generator(device=x.device).manual_seed(0)  # the same draw each epoch
         sums = dict.fromkeys(self.metrics, 0.0)
@@ -118,7 +118,7 @@ class EvidenceBound(Objective):
         out, mean, logvar = model(batch["x"])
         return self.nll(out.float(), batch["x"]) + self.beta * self.kl(mean.float(), logvar.float())
 
-    def evaluate(self, model, x, y) -> dict[str, float]:
+    def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
         generator = torch.Generator(device=x.device).manual_seed(0)
         sums = dict.fromkeys(self.metrics, 0.0)
         model.eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F  # imported when a network trains, never for --help
 
-from dlrun.objectives import Objective
+from dlrun.objectives import Objective, forward
 
 
 class Classification(Objective):
@@ -18,26 +18,31 @@ class Classification(Objective):
         self.metrics = tuple(metric_names("classification"))
 
     def loss(self, model, batch: dict, phase: str = "main"):
-        logits = model(batch["x"]).float()  # (B, K)
+        logits = forward(model, batch).float()  # (B, K)
         return F.cross_entropy(logits, batch["y"], reduction="none")  # (B,)
 
     def mean_loss(self, model, batch: dict, phase: str = "main"):
-        return F.cross_entropy(model(batch["x"]).float(), batch["y"])
+        return F.cross_entropy(forward(model, batch).float(), batch["y"])
 
-    def evaluate(self, model, x, y) -> dict[str, float]:
+    def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
         from dlrun.metrics import compute_metrics
 
-        return compute_metrics("classification", y, self.outputs(model, x))
+        return compute_metrics("classification", y, self.outputs(model, x, lengths))
 
-    def outputs(self, model, x):
+    def outputs(self, model, x, lengths=None):
         from dlrun.training import predict
 
-        return predict(model, x, "classification", self.precision)  # (N, K) probabilities
+        return predict(model, x, "classification", self.precision, lengths=lengths)  # (N, K)
 
     def pictures(self, model, x_test, prep):
         from dlrun import plots
 
-        outputs, y_test = self.outputs(model, x_test), prep.splits["test"][1]
+        lengths = None
+        if prep.lengths is not None:
+            import torch
+
+            lengths = torch.as_tensor(prep.lengths["test"], device=x_test.device)
+        outputs, y_test = self.outputs(model, x_test, lengths), prep.splits["test"][1]
         return lambda run_dir: plots.save_confusion(run_dir, prep.spec, y_test, outputs)
 
 
@@ -62,19 +67,18 @@ class Regression(Objective):
         self.grad_scale = float((std**2).mean() if loss == "mse" else std.mean())
 
     def loss(self, model, batch: dict, phase: str = "main"):
-        out = model(batch["x"]).float()  # (B, T)
+        out = forward(model, batch).float()  # (B, T)
         error = F.mse_loss if self.kind == "mse" else F.l1_loss
         return error(out, batch["y"].reshape(out.shape), reduction="none").mean(dim=1)  # (B,)
 
     def mean_loss(self, model, batch: dict, phase: str = "main"):
-        out = model(batch["x"]).float()  # (B, T): every sample has T values, so one mean
+        out = forward(model, batch).float()  # (B, T): every sample has T values, so one mean
         error = F.mse_loss if self.kind == "mse" else F.l1_loss
         return error(out, batch["y"].reshape(out.shape))
 
-    def evaluate(self, model, x, y) -> dict[str, float]:
+    def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
         from dlrun.metrics import compute_metrics
         from dlrun.training import predict
 
-        return compute_metrics(
-            "regression", y, predict(model, x, "regression", self.precision), self.kind
-        )
+        outputs = predict(model, x, "regression", self.precision, lengths=lengths)
+        return compute_metrics("regression", y, outputs, self.kind)
