@@ -347,7 +347,8 @@ def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool 
     trained = Trained(run_dir)
     data = trained.data
     raw, lengths = read_input(input_path, trained)
-    x = adapt(data.transform(raw, str(input_path), lengths), data.spec, trained.prep.takes)
+    x, lengths, ids = data.prepare(raw, str(input_path), lengths)
+    x = adapt(x, data.spec, trained.prep.takes)
     outputs = trained.outputs(x, lengths if trained.prep.takes == "sequence" else None)
     spec = trained.prep.spec
     if trained.prep.entry.objective != "supervised":  # autoencoders: the latent of each sample
@@ -367,6 +368,8 @@ def predict_file(run_dir: Path, input_path: Path, output: Path, overwrite: bool 
             else [f"prediction_{i}" for i in range(values.shape[1])]
         )
         frame = pd.DataFrame(values, columns=columns)
+    if ids is not None:  # long-format rows: one prediction per sequence, named by its id
+        frame.insert(0, "id", ids)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, lambda f: frame.to_csv(f, index=False), mode="w")
     return output

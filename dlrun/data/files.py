@@ -16,10 +16,11 @@ classification codes the sorted distinct values as classes 0..K-1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +41,16 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # features and targets are float3
 
 
 @dataclass
+class SequenceColumns:
+    """Long-format time series: one sample per id, its rows ordered in time (dlrun.data.sequences)."""
+
+    id: Optional[str] = None  # the column naming each row's sequence (null: rows are samples)
+    order: Optional[str] = None  # the column ordering a sequence's rows (a time or a number)
+    max_len: Optional[int] = setting(None, lo=1)  # longer sequences are cut to this many steps
+    keep: str = setting("last", choices=("last", "first"))  # which steps a cut keeps
+
+
+@dataclass
 class TableConfig(DataConfig):
     path: str = MISSING  # the file; a relative path starts from the current directory
     target: str = MISSING  # the column to predict
@@ -47,10 +58,16 @@ class TableConfig(DataConfig):
     categorical: str = setting("onehot", choices=("onehot", "ordinal"))  # text columns
     missing: str = setting("error", choices=("error", "impute"))  # missing feature values
     split_column: Optional[str] = None  # a column of train / val / test that fixes the split
+    sequence: SequenceColumns = field(default_factory=SequenceColumns)
 
     def problems(self) -> list[str]:
         """What is wrong with the settings themselves, before the file is read."""
         found = []
+        if (self.sequence.id is None) != (self.sequence.order is None):
+            found.append(
+                "data.sequence.id and data.sequence.order go together: the id names each row's "
+                "sequence, the order column orders its rows. Give both, or neither."
+            )
         if self.split_column is not None and self.split_column == self.target:
             found.append(
                 f"data.split_column: '{self.split_column}' is also data.target; the split "
@@ -104,11 +121,19 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
     df, shown = read_table(cfg.path, fmt)
     columns = list(df.columns)
 
-    for key, column in (("data.target", cfg.target), ("data.split_column", cfg.split_column)):
+    long = cfg.sequence.id is not None  # long-format time series: one sample per id
+    named = (
+        ("data.target", cfg.target),
+        ("data.split_column", cfg.split_column),
+        ("data.sequence.id", cfg.sequence.id),
+        ("data.sequence.order", cfg.sequence.order),
+    )
+    for key, column in named:
         if column is not None and column not in columns:
             raise UserError(_not_a_column(key, [column], shown, columns))
     if cfg.features is None:
-        features = [c for c in columns if c not in (cfg.target, cfg.split_column)]
+        special = (cfg.target, cfg.split_column, cfg.sequence.id, cfg.sequence.order)
+        features = [c for c in columns if c not in special]
     else:
         unknown = [f for f in cfg.features if f not in columns]
         if unknown:
@@ -120,10 +145,18 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
             f"Columns: {_listed(columns)}."
         )
 
-    y, task, classes = read_target(df[cfg.target], cfg.target, shown, cfg.task)
-    fixed_split = (
-        None if cfg.split_column is None else read_split(df[cfg.split_column], cfg.split_column)
-    )
+    target, split = df[cfg.target], None if cfg.split_column is None else df[cfg.split_column]
+    if long:
+        from dlrun.data.sequences import per_sample, steps_of
+
+        index = steps_of(
+            df, cfg.sequence.id, cfg.sequence.order, cfg.sequence.max_len, cfg.sequence.keep, shown
+        )
+        target = per_sample(target, index[0], index[3], "data.target", shown)
+        if split is not None:
+            split = per_sample(split, index[0], index[3], "data.split_column", shown)
+    y, task, classes = read_target(target, cfg.target, shown, cfg.task)
+    fixed_split = None if split is None else read_split(split, cfg.split_column)
     table, numeric, categorical = feature_table(df, features)
     check_missing(table, cfg.missing, shown)
     check_finite(table, numeric, shown, cfg.missing == "impute")
@@ -164,6 +197,17 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         class_names=classes,
     )
     encode = TableEncoder(numeric, categorical, vocab, cfg.categorical, cfg.missing == "impute")
+    lengths = None
+    if long:
+        from dlrun.data.sequences import SequenceEncoder
+
+        encode = SequenceEncoder(
+            encode, cfg.sequence.id, cfg.sequence.order, None, cfg.sequence.keep
+        )
+        encode.sample_, encode.position_, encode.lengths_, encode.ids_ = index
+        encode.steps = int(index[2].max())  # the padded length: the longest kept sequence
+        lengths = encode.lengths_
+        spec = dataclasses.replace(spec, kind="sequence", shape=(encode.steps, width))
     return RawData(
         table,
         y,
@@ -171,6 +215,7 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         fixed_split=fixed_split,
         encode=encode,
         feature_names=encode.feature_names,
+        lengths=lengths,
     )
 
 

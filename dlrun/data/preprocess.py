@@ -49,10 +49,18 @@ class Preprocessing:
         """New samples, as loaded, prepared exactly as the training samples were. Images may
         come as the loader's uint8 pixels or as floats in [0, 1]; a table as its columns;
         padded sequences with their `lengths` (padding stays zero)."""
+        return self.prepare(x, shown, lengths)[0]
+
+    def prepare(self, x: Any, shown: str = "the input", lengths=None):
+        """(prepared samples, their lengths, their ids): what `transform` gives, with the lengths
+        and ids that long-format rows (grouped into sequences here) bring; else as given."""
         from dlrun.data import _check_finite, pad_zero, pixels_to_float, resize_images
 
+        ids = None
         if self.encoder is not None:
             x = self.encoder.transform(x, shown)
+            if isinstance(x, tuple):  # long-format rows, grouped by id into padded sequences
+                x, lengths, ids = x
         x = np.asarray(x)
         if self.pixel_max is not None and x.dtype == np.uint8:
             x = pixels_to_float(x, self.pixel_max)
@@ -65,7 +73,7 @@ class Preprocessing:
                 x = pad_zero(x, np.asarray(lengths))
         if self.resize_to is not None:
             x = resize_images(x, self.resize_to)
-        return x
+        return x, lengths, ids
 
     def save(self, folder: Path) -> None:
         from dlrun.checkpoints import atomic_write
@@ -126,8 +134,11 @@ class Preprocessing:
         encoder = None
         if record.get("table") is not None:
             from dlrun.data.files import TableEncoder
+            from dlrun.data.sequences import SequenceEncoder
 
-            encoder = TableEncoder.restore(record["table"], _skops(folder / "encoder.skops"))
+            table = record["table"]
+            kind = SequenceEncoder if table.get("kind") == "sequence" else TableEncoder
+            encoder = kind.restore(table, _skops(folder / "encoder.skops"))
         return cls(
             spec,
             native,
