@@ -49,6 +49,8 @@ class DataSpec:
 
 def adapted_shape(spec: DataSpec, takes: str) -> tuple[int, ...]:
     """The per-sample shape after the plain reshape that bridges data kind and model input."""
+    if spec.vocab_size is not None and takes == "flat":  # text: a bag of tokens
+        return (spec.vocab_size,)
     if takes == "flat":
         return (math.prod(spec.shape),)
     if takes == spec.kind:
@@ -64,7 +66,12 @@ def adapted_shape(spec: DataSpec, takes: str) -> tuple[int, ...]:
 
 
 def adapt(x: np.ndarray, spec: DataSpec, takes: str) -> np.ndarray:
-    """Reshape a batch of samples (N, *spec.shape) for a model that takes `takes`."""
+    """Reshape a batch of samples (N, *spec.shape) for a model that takes `takes`. Text (token
+    ids, (N, T)) goes to sequence models as it is, and to flat ones as a bag of tokens."""
+    if spec.vocab_size is not None:
+        from dlrun.data.text import bag_of_tokens
+
+        return bag_of_tokens(x, spec.vocab_size) if takes == "flat" else np.ascontiguousarray(x)
     shape = adapted_shape(spec, takes)
     if takes == "sequence" and spec.kind == "image":
         x = np.transpose(x, (0, 2, 1, 3))  # (N, C, H, W) -> (N, H, C, W)
@@ -176,13 +183,19 @@ def build_data(cfg) -> DataModule:
     train, val, test = split_indices(raw, cfg)
     x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
     pixel_max = raw.pixel_max if raw.encode is None else None
-    xs = [pixels_to_float(x[rows], pixel_max) for rows in (train, val, test)]
+    if getattr(raw.encode, "kind", None) == "text":  # token ids, their lengths, the vocabulary
+        raw = text_tokens(raw, x, train)
+        x = raw.x
+    if raw.spec.vocab_size is not None:
+        xs = [x[rows] for rows in (train, val, test)]  # token ids stay whole numbers
+    else:
+        xs = [pixels_to_float(x[rows], pixel_max) for rows in (train, val, test)]
     for rows, part in zip((train, val, test), xs, strict=True):
         _check_finite(part, rows, raw.spec, raw.feature_names)
     if raw.spec.task == "regression":
         _check_target_varies(raw.y, (train, val, test), raw.spec.name)
     spec = raw.spec
-    if raw.encode is not None:  # encoding decides the feature count (one-hot columns, say)
+    if raw.encode is not None and spec.vocab_size is None:  # encoding decides the feature count
         spec = dataclasses.replace(spec, shape=tuple(xs[0].shape[1:]))
     if getattr(cfg, "as_sequence", False):  # only when asked: F features as F steps of one
         spec, xs = as_sequence(spec, xs)
@@ -400,6 +413,21 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
         torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False
     )
     return out.numpy()
+
+
+def text_tokens(raw: RawData, x: np.ndarray, train: np.ndarray) -> RawData:
+    """Tokenized texts: cut to the longest text's tokens, with their lengths and the trained
+    tokenizer's vocabulary in the spec; refused when the training texts hold one token."""
+    from dlrun.data.text import check_tokens
+
+    encoder = raw.encode
+    lengths = encoder.lengths_
+    steps = int(lengths.max())
+    encoder.max_len = steps  # new texts are cut to the same length
+    x = x[:, :steps]
+    check_tokens(x[train], lengths[train], encoder.column, raw.spec.name)
+    spec = dataclasses.replace(raw.spec, shape=(steps, 1), vocab_size=encoder.vocabulary)
+    return dataclasses.replace(raw, x=x, spec=spec, lengths=lengths)
 
 
 def as_sequence(spec: DataSpec, xs: list) -> tuple[DataSpec, list]:

@@ -59,10 +59,20 @@ class TableConfig(DataConfig):
     missing: str = setting("error", choices=("error", "impute"))  # missing feature values
     split_column: Optional[str] = None  # a column of train / val / test that fixes the split
     sequence: SequenceColumns = field(default_factory=SequenceColumns)
+    # Text (dlrun.data.text): a column tokenized into a sequence of token ids
+    text: Optional[str] = None  # the text column (the samples' only input)
+    tokenizer: str = setting("wordpiece", choices=("wordpiece", "char"))
+    vocab_size: int = setting(2000, lo=10)  # wordpiece: the tokenizer's vocabulary at most
+    text_max_len: int = setting(128, lo=1)  # longer texts keep their first tokens
 
     def problems(self) -> list[str]:
         """What is wrong with the settings themselves, before the file is read."""
         found = []
+        if self.text is not None and (self.features is not None or self.sequence.id is not None):
+            found.append(
+                "data.text reads one text column as the samples' input; data.features and "
+                "data.sequence.id must be null with it."
+            )
         if (self.sequence.id is None) != (self.sequence.order is None):
             found.append(
                 "data.sequence.id and data.sequence.order go together: the id names each row's "
@@ -131,6 +141,8 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
     for key, column in named:
         if column is not None and column not in columns:
             raise UserError(_not_a_column(key, [column], shown, columns))
+    if cfg.text is not None:
+        return load_text(cfg, df, shown)
     if cfg.features is None:
         special = (cfg.target, cfg.split_column, cfg.sequence.id, cfg.sequence.order)
         features = [c for c in columns if c not in special]
@@ -217,6 +229,28 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         feature_names=encode.feature_names,
         lengths=lengths,
     )
+
+
+def load_text(cfg: TableConfig, df, shown) -> RawData:
+    """A text column as the samples (dlrun.data.text), the target as for any table."""
+    from dlrun.data.text import TextEncoder, texts_of
+
+    if cfg.text not in df.columns:
+        raise UserError(_not_a_column("data.text", [cfg.text], shown, list(df.columns)))
+    texts = texts_of(df[cfg.text], cfg.text, shown)
+    y, task, classes = read_target(df[cfg.target], cfg.target, shown, cfg.task)
+    split = None if cfg.split_column is None else read_split(df[cfg.split_column], cfg.split_column)
+    spec = DataSpec(
+        name=cfg.name,
+        task=task,
+        kind="sequence",
+        shape=(cfg.text_max_len, 1),
+        num_classes=len(classes) if classes is not None else None,
+        class_names=classes,
+        vocab_size=cfg.vocab_size,  # the trained tokenizer's own, once fitted (build_data)
+    )
+    encode = TextEncoder(cfg.text, cfg.tokenizer, cfg.vocab_size, cfg.text_max_len)
+    return RawData(texts, y, spec, fixed_split=split, encode=encode)
 
 
 def read_table(path_text: str, fmt: str, key: str = "data.path"):

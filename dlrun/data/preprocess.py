@@ -10,6 +10,7 @@ can never drift and a trained run needs no training data to predict. It is writt
                          scale and resize, and fingerprints of the files the data came from
     arrays.npz           the training split's normalization (mean, std), read without pickle
     encoder.skops        a table's fitted scikit-learn encoder (skops, an explicit type list)
+    tokenizer.json       a text column's trained tokenizer (its library's own JSON)
 
 The fingerprints let dlrun-eval refuse data that changed since training: a file's content hash
 (data.path) or a folder's listing of names and sizes (data.root).
@@ -62,6 +63,8 @@ class Preprocessing:
             if isinstance(x, tuple):  # long-format rows, grouped by id into padded sequences
                 x, lengths, ids = x
         x = np.asarray(x)
+        if self.spec.vocab_size is not None:  # token ids: no scale, no normalization
+            return x, lengths, ids
         if self.pixel_max is not None and x.dtype == np.uint8:
             x = pixels_to_float(x, self.pixel_max)
         x = np.asarray(x, dtype=np.float32)
@@ -98,7 +101,9 @@ class Preprocessing:
         if self.norm is not None:
             arrays = {"mean": self.norm[0], "std": self.norm[1]}
             atomic_write(folder / "arrays.npz", lambda f: np.savez(f, **arrays))
-        if self.encoder is not None:
+        if hasattr(self.encoder, "save_files"):  # a text column's tokenizer: its own JSON
+            self.encoder.save_files(folder)
+        elif self.encoder is not None:
             import skops.io
 
             blob = skops.io.dumps(self.encoder.transformer_)
@@ -137,8 +142,13 @@ class Preprocessing:
             from dlrun.data.sequences import SequenceEncoder
 
             table = record["table"]
-            kind = SequenceEncoder if table.get("kind") == "sequence" else TableEncoder
-            encoder = kind.restore(table, _skops(folder / "encoder.skops"))
+            if table.get("kind") == "text":
+                from dlrun.data.text import TextEncoder
+
+                encoder = TextEncoder.restore(table, folder)
+            else:
+                kind = SequenceEncoder if table.get("kind") == "sequence" else TableEncoder
+                encoder = kind.restore(table, _skops(folder / "encoder.skops"))
         return cls(
             spec,
             native,
