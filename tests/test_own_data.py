@@ -146,6 +146,197 @@ def test_nan_in_a_sequence_is_named_by_sample_and_step(tmp_path):
     x, y, lengths = sines(n=60)
     x[7, 3] = np.nan
     with pytest.raises(
-        UserError, match=r"NaN input value\(s\); the first is sample 7, (step|feature)"
+        UserError, match=r"NaN input value\(s\); the first is sample 7, time step 3, feature 0"
     ):
         train(tmp_path, "data=npz", f"data.path={npz(tmp_path, x=x, y=y, lengths=lengths)}")
+
+
+def long_rows(n_ids: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Long-format sensor readings, shuffled: one sine (its frequency is the label) per id,
+    of random length, ordered by a timestamp column."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_ids):
+        label, steps, phase = rng.integers(0, 3), rng.integers(15, 40), rng.uniform(0, 6)
+        wave = np.sin(2 * np.pi * (label + 1) * np.arange(steps) / 20 + phase)
+        for k in range(steps):
+            rows.append(
+                {
+                    "sensor": f"s{i:03d}",
+                    "time": f"2024-01-01 00:{k:02d}:00",
+                    "value": wave[k] + 0.2 * rng.standard_normal(),
+                    "kind": rng.choice(["a", "b"]),
+                    "label": ["low", "mid", "high"][label],
+                }
+            )
+    return pd.DataFrame(rows).sample(frac=1, random_state=0)
+
+
+LONG = ("data=csv", "data.target=label", "data.sequence.id=sensor", "data.sequence.order=time")
+
+
+def test_long_format_time_series_train_predict_and_evaluate(tmp_path):
+    frame = long_rows()
+    frame.to_csv(tmp_path / "long.csv", index=False)
+    summary, run_dir = train(
+        tmp_path, *LONG, f"data.path={tmp_path / 'long.csv'}", "trainer.max_epochs=30"
+    )
+    assert summary["test"]["accuracy"] > 0.7  # an MLP on the padded steps
+    saved = json.loads((run_dir / "preprocessing" / "preprocessing.json").read_text())
+    assert saved["spec"]["kind"] == "sequence" and saved["table"]["kind"] == "sequence"
+    assert saved["spec"]["shape"] == [39, 3]  # the longest sequence; value, kind=a, kind=b
+    assert use.evaluate(run_dir, [], tmp_path / "eval")["test"] == summary["test"]
+    new = frame[frame["sensor"].isin(["s005", "s001", "s002"])].drop(columns="label")
+    new.to_csv(tmp_path / "new.csv", index=False)
+    predicted = pd.read_csv(use.predict_file(run_dir, tmp_path / "new.csv", tmp_path / "p.csv"))
+    assert list(predicted["id"]) == ["s001", "s002", "s005"]  # one row per sequence, by id
+    truth = frame.drop_duplicates("sensor").set_index("sensor")["label"]
+    assert (predicted["prediction"].to_numpy() == truth[predicted["id"]].to_numpy()).mean() >= 2 / 3
+
+
+def test_long_format_cuts_to_the_most_recent_steps(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import make_cfg
+    from dlrun.data import build_data
+
+    frame = long_rows(n_ids=60)
+    frame.to_csv(tmp_path / "long.csv", index=False)
+    conf = OmegaConf.to_object(
+        make_cfg(
+            *LONG,
+            f"data.path={tmp_path / 'long.csv'}",
+            "data.sequence.max_len=10",
+            "data.normalize=false",
+        )
+    )
+    data = build_data(conf.data)
+    assert data.spec.shape == (10, 3) and data.lengths["train"].max() == 10
+    # sensor s000's last reading is the last step of its sample
+    rows = frame[frame["sensor"] == "s000"].sort_values("time")
+    encoder = data.encoder
+    sample = list(encoder.ids_).index("s000")
+    x = encoder.place(encoder.rows.transform(frame, "t"))[sample]  # (10, 3)
+    assert x[-1, 0] == pytest.approx(rows["value"].iloc[-1], rel=1e-6)
+    assert x[0, 0] == pytest.approx(rows["value"].iloc[-10], rel=1e-6)
+
+
+def test_long_format_mistakes_are_named(tmp_path):
+    frame = long_rows(n_ids=30)
+    frame.loc[frame["sensor"] == "s004", "label"] = ["low", "high"] * (
+        len(frame[frame["sensor"] == "s004"]) // 2
+    ) + ["low"] * (len(frame[frame["sensor"] == "s004"]) % 2)
+    frame.to_csv(tmp_path / "varying.csv", index=False)
+    result = cli(*LONG, f"data.path={tmp_path / 'varying.csv'}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "must be the same on every row of a sequence (data.sequence.id), but it varies within 1 ids: 's004'"
+        in result.stderr
+    )
+    frame = long_rows(n_ids=30)
+    frame["time"] = "soon"
+    frame.to_csv(tmp_path / "when.csv", index=False)
+    result = cli(*LONG, f"data.path={tmp_path / 'when.csv'}", cwd=tmp_path)
+    assert result.returncode == 2 and "data.sequence.order: column 'time'" in result.stderr
+    result = cli(
+        "data=csv",
+        "data.target=label",
+        "data.sequence.id=sensor",
+        f"data.path={tmp_path / 'when.csv'}",
+        cwd=tmp_path,
+    )
+    assert (
+        result.returncode == 2
+        and "data.sequence.id and data.sequence.order go together" in result.stderr
+    )
+
+
+def word_order(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Sentences holding 'alpha' and 'omega' among filler words: the label is which comes first,
+    so every bag of tokens is the same for both labels and only the order tells them apart."""
+    rng = np.random.default_rng(seed)
+    fill = (
+        "the a some very old new big small red blue quick slow dog cat bird house tree car".split()
+    )
+    rows = []
+    for _ in range(n):
+        words = list(rng.choice(fill, size=rng.integers(4, 10)))
+        first = rng.integers(0, 2)
+        a, b = sorted(rng.choice(len(words) + 1, size=2, replace=False))
+        words.insert(a, "alpha" if first == 0 else "omega")
+        words.insert(b + 1, "omega" if first == 0 else "alpha")
+        rows.append(
+            {"text": " ".join(words), "label": "alpha_first" if first == 0 else "omega_first"}
+        )
+    return pd.DataFrame(rows)
+
+
+TEXT = ("data=csv", "data.target=label", "data.text=text")
+
+
+def test_text_trains_and_predicts_new_text_from_the_run_folder_alone(tmp_path):
+    import os
+
+    word_order().to_csv(tmp_path / "text.csv", index=False)
+    summary, run_dir = train(
+        tmp_path, *TEXT, f"data.path={tmp_path / 'text.csv'}", "trainer.max_epochs=3"
+    )
+    assert 0.35 < summary["test"]["accuracy"] < 0.65  # a bag of tokens cannot tell the order
+    saved = json.loads((run_dir / "preprocessing" / "preprocessing.json").read_text())
+    assert saved["table"]["kind"] == "text" and saved["spec"]["vocab_size"] > 18
+    assert (run_dir / "preprocessing" / "tokenizer.json").is_file()
+    pd.DataFrame({"text": ["alpha the dog omega", "never seen words here", ""]}).to_csv(
+        tmp_path / "new.csv", index=False
+    )
+    before = use.predict_file(run_dir, tmp_path / "new.csv", tmp_path / "a.csv").read_bytes()
+    os.remove(tmp_path / "text.csv")
+    assert (
+        use.predict_file(run_dir, tmp_path / "new.csv", tmp_path / "b.csv").read_bytes() == before
+    )
+    assert len(pd.read_csv(tmp_path / "b.csv")) == 3
+
+
+def test_character_tokens_and_text_mistakes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import make_cfg
+    from dlrun.data import build_data
+
+    word_order(n=200).to_csv(tmp_path / "text.csv", index=False)
+    conf = OmegaConf.to_object(
+        make_cfg(*TEXT, f"data.path={tmp_path / 'text.csv'}", "data.tokenizer=char")
+    )
+    data = build_data(conf.data)
+    assert data.spec.vocab_size < 40 and data.x_train.dtype == np.int64  # letters, space, pad, unk
+    assert data.lengths["train"].max() == data.spec.shape[0] > 30  # one token per character
+    pd.DataFrame({"text": [None] * 20, "label": [0, 1] * 10}).to_csv(
+        tmp_path / "empty.csv", index=False
+    )
+    result = cli(*TEXT, f"data.path={tmp_path / 'empty.csv'}", cwd=tmp_path)
+    assert (
+        result.returncode == 2
+        and "the text column 'text' of" in result.stderr
+        and "is empty" in result.stderr
+    )
+    pd.DataFrame({"text": ["same"] * 20, "label": [0, 1] * 10}).to_csv(
+        tmp_path / "one.csv", index=False
+    )
+    result = cli(*TEXT, f"data.path={tmp_path / 'one.csv'}", cwd=tmp_path)
+    assert result.returncode == 2 and "has a single distinct token" in result.stderr
+
+
+def test_a_table_is_a_sequence_only_when_asked(tmp_path):
+    from conftest import make_cfg
+    from dlrun.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="a model that takes sequence input cannot read tabular data"
+    ):
+        train(tmp_path, "data=iris", "model=attention")
+    summary, _ = train(
+        tmp_path, "data=iris", "data.as_sequence=true", "model=attention", "trainer.max_epochs=20"
+    )
+    assert summary["test"]["accuracy"] > 0.6
+    with pytest.raises(ConfigError, match="data.as_sequence: only a table is read as a sequence"):
+        train(tmp_path, "data.as_sequence=true", name="digits")
+    del make_cfg
