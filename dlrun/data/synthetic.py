@@ -60,3 +60,94 @@ def adding_problem(n: int, seq_len: int, seed: int) -> tuple[np.ndarray, np.ndar
 def load_adding(cfg: AddingConfig) -> RawData:
     x, y = adding_problem(cfg.n_samples, cfg.seq_len, cfg.split_seed)
     return RawData(x, y, DataSpec("adding", "regression", "sequence", (cfg.seq_len, 2)))
+
+
+@dataclass
+class SinesConfig(DataConfig):
+    name: str = "sines"
+    n_samples: int = setting(1200, lo=30)
+    min_len: int = setting(20, lo=2)
+    max_len: int = setting(100, lo=2)
+    noise: float = setting(0.3, lo=0)
+    classes: int = setting(3, lo=2, hi=10)
+
+    def problems(self) -> list[str]:
+        if self.min_len > self.max_len:
+            return [
+                f"data.min_len must be at most data.max_len. Got {self.min_len} and {self.max_len}."
+            ]
+        return []
+
+
+@register_data("sines", schema=SinesConfig)
+def load_sines(cfg: SinesConfig) -> RawData:
+    """Noisy sine waves of `classes` frequencies, random phases and random lengths between
+    min_len and max_len steps, padded with zeros and carrying their lengths: the class is the
+    frequency. A variable-length time-series task (as a .npz with `lengths` gives one)."""
+    rng = np.random.default_rng(cfg.split_seed)
+    n, steps = cfg.n_samples, cfg.max_len
+    lengths = rng.integers(cfg.min_len, steps + 1, size=n)
+    label = rng.integers(0, cfg.classes, size=n)
+    t = np.arange(steps)
+    wave = np.sin(2 * np.pi * (label[:, None] + 1) * t / 25 + rng.uniform(0, 2 * np.pi, (n, 1)))
+    x = (wave + cfg.noise * rng.standard_normal((n, steps))).astype(np.float32)
+    x[t[None, :] >= lengths[:, None]] = 0
+    names = tuple(f"f{k + 1}" for k in range(cfg.classes))
+    spec = DataSpec(
+        "sines",
+        "classification",
+        "sequence",
+        (steps, 1),
+        num_classes=cfg.classes,
+        class_names=names,
+    )
+    return RawData(x[:, :, None], label.astype(np.int64), spec, lengths=lengths.astype(np.int64))
+
+
+@dataclass
+class WordOrderConfig(DataConfig):
+    name: str = "word_order"
+    n_samples: int = setting(2000, lo=30)
+    tokenizer: str = setting("wordpiece", choices=("wordpiece", "char"))
+    vocab_size: int = setting(2000, lo=10)
+    text_max_len: int = setting(128, lo=1)
+
+
+FILLER = "the a some very old new big small red blue quick slow dog cat bird house tree car".split()
+
+
+@register_data("word_order", schema=WordOrderConfig)
+def load_word_order(cfg: WordOrderConfig) -> RawData:
+    """Sentences of filler words holding 'alpha' and 'omega': the label is which comes first.
+    Both labels have the same bag of words, so only a model that reads the order can tell them
+    apart. Generated as a text column and read through the text door (dlrun.data.text)."""
+    import pandas as pd
+
+    from dlrun.data.files import load_text
+
+    rng = np.random.default_rng(cfg.split_seed)
+    texts, labels = [], []
+    for _ in range(cfg.n_samples):
+        words = list(rng.choice(FILLER, size=rng.integers(4, 12)))
+        first = int(rng.integers(0, 2))
+        a, b = sorted(rng.choice(len(words) + 1, size=2, replace=False))
+        words.insert(a, ("alpha", "omega")[first])
+        words.insert(b + 1, ("omega", "alpha")[first])
+        texts.append(" ".join(words))
+        labels.append(("alpha_first", "omega_first")[first])
+    frame = pd.DataFrame({"text": texts, "label": labels})
+    settings = dict(text="text", target="label", split_column=None, task=cfg.task)
+    return load_text(_TextSettings(cfg, **settings), frame, "word_order")
+
+
+class _TextSettings:
+    """A text dataset's settings, as load_text reads a table's."""
+
+    def __init__(self, cfg, **columns):
+        self.__dict__.update(
+            name=cfg.name,
+            tokenizer=cfg.tokenizer,
+            vocab_size=cfg.vocab_size,
+            text_max_len=cfg.text_max_len,
+            **columns,
+        )
