@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -110,7 +111,7 @@ class RecurrentNet(nn.Module):
             x = self.tokens(x)  # (B, T) token ids -> (B, T, E)
         batch, steps = x.shape[:2]
         if lengths is not None:
-            lengths = lengths.to(x.device)
+            lengths = lengths.to(x.device, torch.long)
         if lengths is None or not self.rnn.bidirectional:
             out, _ = self.rnn(x)  # (B, T, H * dirs)
         else:
@@ -141,20 +142,24 @@ class RecurrentNet(nn.Module):
         def reverse(h):
             return h.gather(1, order.unsqueeze(2).expand_as(h))
 
-        rnn, h = self.rnn, x
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        for layer in range(rnn.num_layers):
-            if layer and rnn.dropout:  # as nn.RNN: between layers, in training
-                h = nn.functional.dropout(h, rnn.dropout, rnn.training)
-            one_way = self._one_way[min(layer, 1)].train(rnn.training)
-            outs = []
-            for suffix in ("", "_reverse"):
-                weights = {f"{n}_l0": getattr(rnn, f"{n}_l{layer}{suffix}") for n in names}
-                if suffix:
-                    outs.append(reverse(functional_call(one_way, weights, (reverse(h),))[0]))
-                else:
-                    outs.append(functional_call(one_way, weights, (h,))[0])  # (B, T, H)
-            h = torch.cat(outs, dim=2)  # (B, T, 2H)
+        def one_way(layer: int, suffix: str, h: torch.Tensor) -> torch.Tensor:
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            weights = {f"{n}_l0": getattr(self.rnn, f"{n}_l{layer}{suffix}") for n in names}
+            twin = self._one_way[min(layer, 1)].train(self.rnn.training)
+            with warnings.catch_warnings():
+                # On a GPU, cuDNN copies a slice of the net's flat weight buffer into one of
+                # its own (one layer's weights: small next to the activations) and warns, with
+                # advice (flatten_parameters) that does not apply to a slice.
+                warnings.filterwarnings("ignore", "RNN module weights are not part of single")
+                return functional_call(twin, weights, (h,))[0]  # (B, T, H)
+
+        h = x
+        for layer in range(self.rnn.num_layers):
+            if layer and self.rnn.dropout:  # as nn.RNN: between layers, in training
+                h = nn.functional.dropout(h, self.rnn.dropout, self.rnn.training)
+            forward = one_way(layer, "", h)
+            backward = reverse(one_way(layer, "_reverse", reverse(h)))
+            h = torch.cat([forward, backward], dim=2)  # (B, T, 2H)
         return h
 
 
@@ -204,7 +209,9 @@ class TransformerNet(nn.Module):
         h = self.embed(x)  # (B, T, d)
         pad = None
         if lengths is not None:
-            pad = ~valid_steps(lengths.to(x.device), x.shape[1])  # (B, T), True where padded
+            pad = ~valid_steps(
+                lengths.to(x.device, torch.long), x.shape[1]
+            )  # (B, T), True where padded
         if self.pooling == "cls":
             h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1)  # (B, 1 + T, d)
             if pad is not None:
@@ -299,7 +306,9 @@ class CNN1dNet(nn.Module):
         h = x.transpose(1, 2)  # (B, D, T): channels first for Conv1d
         keep = None
         if lengths is not None:
-            keep = valid_steps(lengths.to(x.device), h.shape[2]).unsqueeze(1)  # (B, 1, T)
+            keep = valid_steps(lengths.to(x.device, torch.long), h.shape[2]).unsqueeze(
+                1
+            )  # (B, 1, T)
         for block in self.blocks:
             h, keep = block(h, keep)  # (B, C, T'), T' after its pooling
         return self.head(pool_steps(h, keep, self.global_pooling, dim=2))  # (B, out)

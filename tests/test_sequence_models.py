@@ -131,14 +131,101 @@ def test_tokens_are_embedded_with_embed_size_and_padding_id_zero():
         assert build(kind, {}, tokens=False).tokens is None
 
 
-@pytest.mark.parametrize("kind", ["gru", "cnn1d"])
-def test_a_bidirectional_or_convolutional_net_reads_nothing_from_the_host(kind):
-    """Every sequence model keeps whole training steps capturable as CUDA graphs."""
-    from dlrun.graphs import graph_plan
+HOST_READS = {  # what makes the host wait for the device (and cannot be in a CUDA graph)
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.numpy,
+    torch.Tensor.cpu,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+    torch.Tensor.__float__,
+    torch.Tensor.__index__,
+    torch.Tensor.nonzero,
+    torch.nonzero,
+    torch.masked_select,
+    torch.unique,
+}
 
-    net = build(kind, {"bidirectional": True} if kind == "gru" else {}, tokens=False)
-    conf = validate(make_cfg(f"model={kind}"))
-    assert graph_plan(conf, torch.device("cuda"), 1, net) == (True, None)
+
+def host_reads(step) -> list[str]:
+    """The host reads of tensor values that running `step()` makes from Python."""
+    from torch.overrides import TorchFunctionMode
+
+    seen = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in HOST_READS:
+                seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        step()
+    return seen
+
+
+@EVERY_CASE
+def test_a_padded_training_step_reads_nothing_back_from_the_host(kind, settings):
+    """So the nets keep static_graph (dlrun.graphs) and whole steps stay capturable."""
+    net = build(kind, settings, tokens=False).train()
+    x, lengths = padded_batch(tokens=False)
+    assert host_reads(lambda: net(x, lengths).sum().backward()) == []
+    assert getattr(net, "static_graph", True)
+
+
+def test_packing_would_read_the_lengths_from_the_host():
+    """What the test above would catch: pack_padded_sequence reads the lengths on the host."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    rnn = torch.nn.GRU(FEATURES, 4, batch_first=True)
+    x, lengths = padded_batch(tokens=False)
+    packed = lambda: rnn(pack_padded_sequence(x, lengths, True, enforce_sorted=False))  # noqa: E731
+    assert host_reads(packed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    ("kind", "settings"),
+    [("gru", {"bidirectional": True}), ("lstm", {}), ("attention", {}), ("cnn1d", {})],
+)
+def test_a_training_step_on_padded_batches_is_captured_as_a_cuda_graph(kind, settings):
+    """Captured once with some lengths, replayed on other sequences and lengths: the replay's
+    loss is the eager one of the new batch (the lengths are read on the device)."""
+    import copy
+
+    device = torch.device("cuda")
+    net = build(kind, settings, tokens=False).to(device).train()
+    for module in net.modules():  # dropout would make eager and replay differ
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    x, lengths = (t.to(device) for t in padded_batch(tokens=False))
+    y = torch.arange(len(x), device=device) % CLASSES
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        loss = torch.nn.functional.cross_entropy(net(x, lengths), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+    before = copy.deepcopy(net)
+    x.copy_(torch.randn_like(x))
+    lengths.copy_(torch.tensor([2, 11, 5, 9, 1, 6], device=device))
+    x.masked_fill_((torch.arange(STEPS, device=device) >= lengths[:, None])[..., None], 0)
+    graph.replay()
+    expected = torch.nn.functional.cross_entropy(before(x, lengths), y)
+    assert torch.allclose(loss, expected, atol=1e-4)
 
 
 @pytest.mark.parametrize(
