@@ -71,8 +71,8 @@ def pool_steps(h: torch.Tensor, keep: torch.Tensor | None, how: str, dim: int) -
 
 class RecurrentNet(nn.Module):
     """nn.RNN / nn.GRU / nn.LSTM over the whole sequence (cuDNN's fused kernels on a GPU), then a
-    linear head on the last state or on the states pooled over the steps. Token ids (B, T) pass
-    through `tokens` (an nn.Embedding) first.
+    linear head on the last state or on the states pooled over the steps. Token ids (B, T) are
+    embedded first by `tokens` (an nn.Embedding).
 
     Variable lengths (`lengths`, the valid first steps of each padded sequence) are handled by
     masking, not by packing: pack_padded_sequence needs the lengths on the host, a
@@ -83,8 +83,8 @@ class RecurrentNet(nn.Module):
     padding, so a bidirectional net given lengths runs each layer's two directions as separate
     calls on the same weights, the backward one on every sequence reversed within its own length
     (a gather on the device): it starts at the sequence's last valid step, as it would on that
-    sequence alone. Padded steps still cost compute (less than packing saves when lengths vary
-    a lot, but the whole step stays one graph replay).
+    sequence alone. The price: padded steps are computed (packing skips them), which counts
+    only where lengths vary a lot; in exchange a whole training step stays one graph replay.
     """
 
     static_graph = True  # no host reads, with or without lengths (see above)
@@ -164,8 +164,8 @@ class RecurrentNet(nn.Module):
 
 
 class TransformerNet(nn.Module):
-    """A Transformer encoder over (B, T, D) sequences, or (B, T) token ids through `tokens` (an
-    nn.Embedding of E, then D = E), with a CLS token or mean pooling.
+    """A Transformer encoder over (B, T, D) sequences, or (B, T) token ids embedded first by
+    `tokens` (an nn.Embedding), with a CLS token or mean pooling.
 
     `lengths` (B,) marks the real length of each padded sequence (its first steps): padded steps
     are masked out of attention as keys and out of the mean; positions count from each
@@ -209,9 +209,8 @@ class TransformerNet(nn.Module):
         h = self.embed(x)  # (B, T, d)
         pad = None
         if lengths is not None:
-            pad = ~valid_steps(
-                lengths.to(x.device, torch.long), x.shape[1]
-            )  # (B, T), True where padded
+            lengths = lengths.to(x.device, torch.long)
+            pad = ~valid_steps(lengths, x.shape[1])  # (B, T), True where padded
         if self.pooling == "cls":
             h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1)  # (B, 1 + T, d)
             if pad is not None:
@@ -232,16 +231,16 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, h: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         if keep is None or not self.training:
             return super().forward(h)
-        w = keep.to(h.dtype)
+        x, w = h.float(), keep.float()  # statistics in float32, also under bf16/fp16 autocast
         count = w.sum()  # valid steps in the batch, a 0-d tensor
-        mean = (h * w).sum((0, 2)) / count  # (C,)
-        var = ((h - mean[:, None]).square() * w).sum((0, 2)) / count  # (C,), biased
+        mean = (x * w).sum((0, 2)) / count  # (C,)
+        var = ((x - mean[:, None]).square() * w).sum((0, 2)) / count  # (C,), biased
         with torch.no_grad():  # running statistics as nn.BatchNorm1d keeps them (unbiased var)
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * count / (count - 1).clamp(min=1), self.momentum)
-        out = (h - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps)  # (B, C, T)
-        return out * self.weight[:, None] + self.bias[:, None]
+        out = (x - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps)  # (B, C, T)
+        return (out * self.weight[:, None] + self.bias[:, None]).to(h.dtype)
 
 
 class ConvBlock1d(nn.Module):
@@ -289,9 +288,10 @@ class ConvBlock1d(nn.Module):
 
 
 class CNN1dNet(nn.Module):
-    """Stacked 1-D convolution blocks over (B, T, D) sequences, or (B, T) token ids through
-    `tokens` (an nn.Embedding), then global mean or max pooling over the valid steps and a linear head. Padding
-    never changes a sequence's output (see ConvBlock1d); nothing is read back to the host."""
+    """Stacked 1-D convolution blocks over (B, T, D) sequences, or (B, T) token ids embedded
+    first by `tokens` (an nn.Embedding), then global mean or max pooling over the valid steps
+    and a linear head. Padding never changes a sequence's output (see ConvBlock1d); nothing is
+    read back to the host."""
 
     def __init__(self, blocks, global_pooling: str, head: nn.Linear, tokens=None):
         super().__init__()
@@ -306,9 +306,8 @@ class CNN1dNet(nn.Module):
         h = x.transpose(1, 2)  # (B, D, T): channels first for Conv1d
         keep = None
         if lengths is not None:
-            keep = valid_steps(lengths.to(x.device, torch.long), h.shape[2]).unsqueeze(
-                1
-            )  # (B, 1, T)
+            lengths = lengths.to(x.device, torch.long)
+            keep = valid_steps(lengths, h.shape[2]).unsqueeze(1)  # (B, 1, T)
         for block in self.blocks:
             h, keep = block(h, keep)  # (B, C, T'), T' after its pooling
         return self.head(pool_steps(h, keep, self.global_pooling, dim=2))  # (B, out)

@@ -107,6 +107,18 @@ def test_training_step_on_a_padded_batch_ignores_the_padding(kind, settings):
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
+@EVERY_CASE
+def test_a_padded_training_step_runs_under_bf16_autocast(kind, settings):
+    """trainer.precision=bf16: masked statistics and pooling keep their dtypes straight."""
+    net = build(kind, settings, tokens=False).train()
+    x, lengths = padded_batch(tokens=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, lengths)
+    out.float().square().sum().backward()
+    assert out.shape == (len(LENGTHS), CLASSES) and torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
 def test_masked_batch_norm_takes_its_statistics_from_the_valid_steps():
     from dlrun.nn import MaskedBatchNorm1d
 
