@@ -7,6 +7,7 @@ import torch, scikit-learn or XGBoost only inside their builders.
 from dlrun.models import (  # noqa: F401  (registration side effect)
     attention,
     autoencoder,
+    cnn1d,
     gan,
     gru,
     lenet5,

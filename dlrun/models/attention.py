@@ -1,11 +1,13 @@
-"""Transformer encoder (Vaswani et al. 2017) over sequences: input projection, positions,
-pre-norm encoder layers, then a CLS token or mean pooling and a linear head."""
+"""Transformer encoder (Vaswani et al. 2017) over sequences: input projection (token ids are
+embedded first, `embed_size` per token), positions, pre-norm encoder layers, then a CLS token or mean
+pooling and a linear head. Padded steps are masked (dlrun.nn.TransformerNet)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dlrun.config import ModelConfig, setting
+from dlrun.models.layers import step_features, token_embedding
 from dlrun.registry import register_model
 
 
@@ -19,6 +21,7 @@ class AttentionConfig(ModelConfig):
     dropout: float = setting(0.1, lo=0, hi=1, hi_open=True)
     positions: str = setting("learned", choices=("learned", "sinusoidal"))
     pooling: str = setting("cls", choices=("cls", "mean"))
+    embed_size: int = setting(64, lo=1)  # text: the learned vector of each token id
 
     def problems(self) -> list[str]:
         if self.d_model % self.heads:
@@ -34,9 +37,9 @@ class AttentionConfig(ModelConfig):
 def build_attention(cfg: AttentionConfig, spec):
     from dlrun.nn import TransformerNet
 
-    seq_len, features = spec.shape  # (T, D)
+    seq_len = spec.shape[0]  # (T, D), or (T,) token ids
     return TransformerNet(
-        features,
+        step_features(spec, cfg.embed_size),  # projected to d_model
         seq_len,
         spec.out_features,
         d_model=cfg.d_model,
@@ -46,4 +49,5 @@ def build_attention(cfg: AttentionConfig, spec):
         dropout=cfg.dropout,
         positions=cfg.positions,
         pooling=cfg.pooling,
+        tokens=token_embedding(spec, cfg.embed_size),
     )

@@ -39,3 +39,18 @@ def init_linear(net, how: str, activation_name: str) -> None:
                 )
                 nn.init.xavier_uniform_(layer.weight, gain=gain)
             nn.init.zeros_(layer.bias)
+
+
+def token_embedding(spec, size: int):
+    """For text (`spec.vocab_size` set: samples are token ids, 0 pads), an nn.Embedding of
+    `size` per token whose padding id stays the zero vector; None for feature sequences."""
+    if spec.vocab_size is None:
+        return None
+    from torch import nn
+
+    return nn.Embedding(spec.vocab_size, size, padding_idx=0)
+
+
+def step_features(spec, embed_size: int) -> int:
+    """What a sequence model reads per step: D of the spec's (T, D), or the embedding's size."""
+    return spec.shape[1] if spec.vocab_size is None else embed_size
