@@ -23,8 +23,9 @@ class TargetScaled(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).float() * self.std + self.mean  # (B, T)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.net(x) if lengths is None else self.net(x, lengths)  # padded sequences
+        return out.float() * self.std + self.mean  # (B, T)
 
 
 class SinusoidalPositions(nn.Module):

@@ -44,10 +44,14 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             resume = open_resume(path, main)
         elif main:
             folders.claim_run(run_dir)  # exactly one process gets a folder; the others stop here
-        # data, model pairing, device: problems here stop the run before its folder is written
-        prep = prepare(conf)  # resolves the `auto` settings
+        # data, model pairing, device: problems here stop the run before its folder is written;
+        # a resumed run's data is prepared by what it saved (a tokenizer is not trained twice
+        # alike), and must be the data it trained on
+        fitted = saved_preprocessing(run_dir) if resume is not None else None
+        prep = prepare(conf, fitted)  # resolves the `auto` settings
         if resume is not None:
             check_same_experiment(resume.get("config", {}), conf, path)
+            check_unchanged(run_dir, prep, conf)
         return train_and_record(cfg, conf, prep, run_dir, resume, main, started)
     except BaseException:
         folders.discard_if_unused(given)  # a folder that holds nothing of the run's own
@@ -346,14 +350,15 @@ class Prepared:
         return getattr(self.data, "lengths", None) if self.takes == "sequence" else None
 
 
-def prepare(conf) -> Prepared:
-    """Seed, build the data, bridge it to the model's input, and pick the device."""
+def prepare(conf, fitted=None) -> Prepared:
+    """Seed, build the data, bridge it to the model's input, and pick the device. With `fitted`
+    (a run's saved preprocessing) the data is prepared by it, as in that run's training."""
     from dlrun.data import adapt, build_data
     from dlrun.registry import get_model
     from dlrun.training import job_device, seed_everything
 
     seed_everything(conf.seed)
-    data = build_data(conf.data)
+    data = build_data(conf.data, fitted)
     entry = get_model(conf.model.name)
     takes = entry.input_for(data.spec)
     spec = data.spec.view(takes)  # a pairing that makes no sense stops here
@@ -373,6 +378,14 @@ def prepare(conf) -> Prepared:
         for x, y in [data.split(name)]
     }
     return Prepared(data, entry, spec, splits, device, takes)
+
+
+def saved_preprocessing(run_dir: Path):
+    """The run's saved preprocessing, or None for a run from before dlrun saved it."""
+    from dlrun.data.preprocess import FOLDER, Preprocessing
+
+    folder = Path(run_dir) / FOLDER
+    return Preprocessing.load(folder) if (folder / "preprocessing.json").is_file() else None
 
 
 def prepare_saved(conf, run_dir: Path) -> Prepared:

@@ -97,14 +97,14 @@ class Trained:
     the data it trained on."""
 
     def __init__(self, run_dir: Path, overrides: list[str] = (), with_data: bool = False):
-        from dlrun.runner import check_unchanged, prepare, prepare_saved
+        from dlrun.runner import check_unchanged, prepare, prepare_saved, saved_preprocessing
         from dlrun.validate import validate
 
         self.run_dir = Path(run_dir)
         self.cfg = compose_from_run(self.run_dir, list(overrides))
         self.conf = validate(self.cfg)
-        if with_data:
-            self.prep = prepare(self.conf)
+        if with_data:  # the data read again, prepared by what the run saved (if it did)
+            self.prep = prepare(self.conf, saved_preprocessing(self.run_dir))
             check_unchanged(self.run_dir, self.prep, self.conf)
         else:
             self.prep = prepare_saved(self.conf, self.run_dir)

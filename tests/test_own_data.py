@@ -179,9 +179,13 @@ def test_long_format_time_series_train_predict_and_evaluate(tmp_path):
     frame = long_rows()
     frame.to_csv(tmp_path / "long.csv", index=False)
     summary, run_dir = train(
-        tmp_path, *LONG, f"data.path={tmp_path / 'long.csv'}", "trainer.max_epochs=30"
+        tmp_path,
+        *LONG,
+        f"data.path={tmp_path / 'long.csv'}",
+        "model=cnn1d",
+        "trainer.max_epochs=10",
     )
-    assert summary["test"]["accuracy"] > 0.7  # an MLP on the padded steps
+    assert summary["test"]["accuracy"] > 0.8  # 24 test sequences
     saved = json.loads((run_dir / "preprocessing" / "preprocessing.json").read_text())
     assert saved["spec"]["kind"] == "sequence" and saved["table"]["kind"] == "sequence"
     assert saved["spec"]["shape"] == [39, 3]  # the longest sequence; value, kind=a, kind=b
@@ -340,3 +344,80 @@ def test_a_table_is_a_sequence_only_when_asked(tmp_path):
     with pytest.raises(ConfigError, match="data.as_sequence: only a table is read as a sequence"):
         train(tmp_path, "data.as_sequence=true", name="digits")
     del make_cfg
+
+
+SEQUENCE_MODELS = ["rnn", "gru", "lstm", "attention", "cnn1d"]
+
+
+@pytest.fixture(scope="module")
+def doors(tmp_path_factory):
+    """One small file per door: padded sequences (.npz), long-format rows (.csv), text (.csv)."""
+    folder = tmp_path_factory.mktemp("doors")
+    x, y, lengths = sines(n=150)
+    np.savez(folder / "seq.npz", x=x, y=y, lengths=lengths)
+    np.savez(folder / "new.npz", x=x[:5], lengths=lengths[:5])
+    frame = long_rows(n_ids=90)
+    frame.to_csv(folder / "long.csv", index=False)
+    frame[frame["sensor"] < "s003"].drop(columns="label").to_csv(
+        folder / "long_new.csv", index=False
+    )
+    word_order(n=240).to_csv(folder / "text.csv", index=False)
+    pd.DataFrame({"text": ["alpha the cat omega", "omega red alpha"]}).to_csv(
+        folder / "text_new.csv", index=False
+    )
+    return {
+        "npz": (("data=npz", f"data.path={folder / 'seq.npz'}"), folder / "new.npz", 5),
+        "long": ((*LONG, f"data.path={folder / 'long.csv'}"), folder / "long_new.csv", 3),
+        "text": ((*TEXT, f"data.path={folder / 'text.csv'}"), folder / "text_new.csv", 2),
+    }
+
+
+@pytest.mark.parametrize("door", ["npz", "long", "text"])
+@pytest.mark.parametrize("model", SEQUENCE_MODELS)
+def test_every_sequence_model_reads_every_door(tmp_path, doors, door, model):
+    """Each sequence model on each door: it trains, dlrun-eval reproduces its test metrics
+    exactly, and dlrun-predict reads new samples of that door."""
+    overrides, new, rows = doors[door]
+    small = ("model.hidden_size=16",) if model in ("rnn", "gru", "lstm") else ()
+    summary, run_dir = train(tmp_path, *overrides, f"model={model}", "trainer.max_epochs=2", *small)
+    assert summary["status"] == "completed" and 0 <= summary["test"]["accuracy"] <= 1
+    assert use.evaluate(run_dir, [], tmp_path / "eval")["test"] == summary["test"]
+    predicted = pd.read_csv(use.predict_file(run_dir, new, tmp_path / "p.csv"))
+    assert (
+        len(predicted) == rows and predicted.filter(like="proba_").sum(axis=1).round(6).eq(1).all()
+    )
+
+
+def test_a_text_run_resumes_exactly_with_its_saved_tokenizer(tmp_path, monkeypatch):
+    from conftest import read_metrics, sigint_after_epoch
+    from dlrun.errors import Interrupted
+
+    word_order(n=300).to_csv(tmp_path / "text.csv", index=False)
+    args = (
+        *TEXT,
+        f"data.path={tmp_path / 'text.csv'}",
+        "model=gru",
+        "model.hidden_size=16",
+        "trainer.max_epochs=4",
+    )
+    full, full_dir = train(tmp_path, *args, name="full")
+    with sigint_after_epoch(monkeypatch, 2), pytest.raises(Interrupted):
+        train(tmp_path, *args, name="cut")
+    resumed, _ = train(tmp_path, *args, f"trainer.resume={tmp_path / 'cut'}", name="again")
+    times = ("train_time_s", "epoch_time_s", "health/probe_time_s")
+    cut = [{k: v for k, v in r.items() if k not in times} for r in read_metrics(tmp_path / "cut")]
+    assert cut == [{k: v for k, v in r.items() if k not in times} for r in read_metrics(full_dir)]
+    assert resumed["test"] == full["test"]
+    frame = pd.read_csv(tmp_path / "text.csv")
+    frame.loc[0, "text"] = "changed after training"
+    frame.to_csv(tmp_path / "text.csv", index=False)
+    with pytest.raises(
+        UserError, match=r"data.path: the file .*text.csv changed since the run trained"
+    ):
+        train(
+            tmp_path,
+            *args,
+            "trainer.max_epochs=5",
+            f"trainer.resume={tmp_path / 'cut'}",
+            name="late",
+        )

@@ -166,12 +166,15 @@ class RawData:
     lengths: np.ndarray | None = None
 
 
-def build_data(cfg) -> DataModule:
+def build_data(cfg, fitted=None) -> DataModule:
     """Load the dataset named by `cfg.name`, split it, and normalize it.
 
     The split depends only on the data, `split_seed`, `test_split` and `val_split`, never on the
     model, so every model family is scored on the same rows. Images also keep their samples in
     the dtype `cfg.storage` picks (auto: uint8 for 8-bit pixels), for the training device.
+    With `fitted` (a run's saved dlrun.data.preprocess.Preprocessing) nothing is fitted again:
+    its encoder (a tokenizer's ids are not the same from one training to the next) and its
+    normalization prepare the rows, exactly as they did in training.
     """
     from dlrun.data.device import storage_dtype, stored_splits
     from dlrun.data.preprocess import fingerprints
@@ -181,7 +184,11 @@ def build_data(cfg) -> DataModule:
     if cfg.task is not None and cfg.task != raw.spec.task:
         raw = _with_task(raw, cfg.task)
     train, val, test = split_indices(raw, cfg)
-    x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
+    if fitted is not None and fitted.encoder is not None and raw.encode is not None:
+        raw = dataclasses.replace(raw, encode=fitted.encoder.refitted(raw.encode))
+        x = raw.encode.apply(raw.x)
+    else:
+        x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
     pixel_max = raw.pixel_max if raw.encode is None else None
     if getattr(raw.encode, "kind", None) == "text":  # token ids, their lengths, the vocabulary
         raw = text_tokens(raw, x, train)
@@ -202,7 +209,10 @@ def build_data(cfg) -> DataModule:
     lengths = None if raw.lengths is None else [raw.lengths[rows] for rows in (train, val, test)]
     norm = None
     if cfg.normalize and spec.vocab_size is None:  # token ids are not normalized
-        norm = _statistics(spec, xs[0], None if lengths is None else lengths[0])
+        if fitted is not None and fitted.norm is not None:
+            norm = fitted.norm
+        else:
+            norm = _statistics(spec, xs[0], None if lengths is None else lengths[0])
         xs = [((x - norm[0]) / norm[1]).astype(np.float32) for x in xs]
         if lengths is not None:  # padding stays zero
             xs = [pad_zero(x, n) for x, n in zip(xs, lengths, strict=True)]

@@ -61,8 +61,8 @@ class TableConfig(DataConfig):
     sequence: SequenceColumns = field(default_factory=SequenceColumns)
     # Text (dlrun.data.text): a column tokenized into a sequence of token ids
     text: Optional[str] = None  # the text column (the samples' only input)
-    tokenizer: str = setting("wordpiece", choices=("wordpiece", "char"))
-    vocab_size: int = setting(2000, lo=10)  # wordpiece: the tokenizer's vocabulary at most
+    tokenizer: str = setting("word", choices=("word", "char", "wordpiece"))
+    vocab_size: int = setting(2000, lo=10)  # word, wordpiece: the vocabulary at most
     text_max_len: int = setting(128, lo=1)  # longer texts keep their first tokens
 
     def problems(self) -> list[str]:
@@ -626,6 +626,14 @@ class TableEncoder:
         )
         encoder.transformer_ = transformer
         return encoder
+
+    def refitted(self, fresh) -> TableEncoder:
+        """This fitted encoder, for the rows `fresh` (the same file read again) indexes."""
+        return self
+
+    def apply(self, table) -> np.ndarray:
+        """Every row encoded with what was fitted already."""
+        return self._encode(table)
 
     def __call__(self, table, train_rows: np.ndarray) -> np.ndarray:
         train = table.iloc[train_rows]

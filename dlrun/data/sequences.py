@@ -43,6 +43,15 @@ class SequenceEncoder:
         )
         self.sample_, self.position_, self.lengths_, self.ids_ = sample, position, lengths, ids
 
+    def refitted(self, fresh: SequenceEncoder) -> SequenceEncoder:
+        """This fitted encoder with `fresh`'s index of the rows (the same file read again)."""
+        self.sample_, self.position_ = fresh.sample_, fresh.position_
+        self.lengths_, self.ids_ = fresh.lengths_, fresh.ids_
+        return self
+
+    def apply(self, table) -> np.ndarray:
+        return self.place(self.rows.apply(table))
+
     def __call__(self, table, train_samples: np.ndarray) -> np.ndarray:
         kept = self.position_ >= 0
         train_rows = np.flatnonzero(kept & np.isin(self.sample_, train_samples))

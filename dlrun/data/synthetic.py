@@ -108,7 +108,7 @@ def load_sines(cfg: SinesConfig) -> RawData:
 class WordOrderConfig(DataConfig):
     name: str = "word_order"
     n_samples: int = setting(2000, lo=30)
-    tokenizer: str = setting("wordpiece", choices=("wordpiece", "char"))
+    tokenizer: str = setting("word", choices=("word", "char", "wordpiece"))
     vocab_size: int = setting(2000, lo=10)
     text_max_len: int = setting(128, lo=1)
 

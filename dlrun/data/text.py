@@ -2,8 +2,10 @@
 
 Each row's text becomes a sequence of token ids for the sequence models (which embed them) by a
 tokenizer of Hugging Face's `tokenizers` library, trained on the training split's texts only:
-`data.tokenizer=wordpiece` (the default: lower-cased words split into known pieces, up to
-`data.vocab_size` of them) or `char` (one token per character). Id 0 pads, id 1 stands for any
+`data.tokenizer=word` (the default: lower-cased words, the `data.vocab_size` most frequent),
+`char` (one token per character) or `wordpiece` (words split into learned pieces, which also
+reads words it never saw; the library trains it differently from one run to the next,
+huggingface/tokenizers#1794, so two runs of the same config may differ). Id 0 pads, id 1 stands for any
 token the training texts never had. Texts longer than `data.text_max_len` tokens keep their first
 ones; shorter ones are padded and carry their lengths. The trained tokenizer is saved with the
 run (its own JSON), so dlrun-predict reads new text the same way. Models that take flat input
@@ -36,6 +38,14 @@ class TextEncoder:
 
     def __call__(self, texts, train_rows: np.ndarray) -> np.ndarray:
         self.tokenizer_ = train_tokenizer(list(texts.iloc[train_rows]), self.how, self.vocab_size)
+        x, self.lengths_ = self.ids(texts)
+        return x
+
+    def refitted(self, fresh) -> TextEncoder:
+        return self
+
+    def apply(self, texts) -> np.ndarray:
+        """Every text as token ids of the tokenizer already trained (lengths in `lengths_`)."""
         x, self.lengths_ = self.ids(texts)
         return x
 
@@ -103,6 +113,11 @@ def train_tokenizer(texts: list[str], how: str, vocab_size: int):
         tokenizer.normalizer = normalizers.NFKC()
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
         trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK])
+    elif how == "word":  # deterministic: the most frequent words, ties by the words themselves
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK])
     else:
         tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)

@@ -19,7 +19,9 @@ class AttentionConfig(ModelConfig):
     layers: int = setting(2, lo=1)
     ff_size: int = setting(128, lo=1)  # hidden size of each layer's feed-forward block
     dropout: float = setting(0.1, lo=0, hi=1, hi_open=True)
-    positions: str = setting("learned", choices=("learned", "sinusoidal"))
+    # sinusoidal: a learned table starts near zero, and on one-feature steps (a sensor's series)
+    # attention then cannot tell steps apart and does not learn (measured on data=sines)
+    positions: str = setting("sinusoidal", choices=("learned", "sinusoidal"))
     pooling: str = setting("cls", choices=("cls", "mean"))
     embed_size: int = setting(64, lo=1)  # text: the learned vector of each token id
 
