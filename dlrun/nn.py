@@ -318,13 +318,23 @@ class RawInputs(nn.Module):
     """A trained network behind the preparation its inputs had in training, for export.
 
     It takes samples as the dataset loads them (float32; image pixels scaled to [0, 1]; for a
-    table, its encoded feature columns) and returns what dlrun-predict reports: class
-    probabilities, or values in the target's own units. Inside: the training split's
-    normalization, LeNet-style resizing, and the reshape to the model's input.
+    table, its encoded feature columns; for text, token ids) and returns what dlrun-predict
+    reports: class probabilities, or values in the target's own units. Inside: the training
+    split's normalization, LeNet-style resizing, the reshape to the model's input, a text's bag
+    of tokens for a flat model. With `lengths` (padded sequences: each sample's valid steps),
+    padding is zeroed after normalization, as in training, and the network reads the lengths.
     """
 
     def __init__(
-        self, net: nn.Module, norm, resize_to, native: tuple, takes: str, kind: str, classes: bool
+        self,
+        net: nn.Module,
+        norm,
+        resize_to,
+        native: tuple,
+        takes: str,
+        kind: str,
+        classes: bool,
+        vocab_size: int | None = None,
     ):
         super().__init__()
         self.net = net
@@ -335,10 +345,18 @@ class RawInputs(nn.Module):
         self.resize_to = resize_to
         self.native = tuple(native)
         self.takes, self.kind, self.classes = takes, kind, classes
+        self.vocab_size = vocab_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *native)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if self.vocab_size is not None and self.takes == "flat":  # (B, T) ids -> (B, V) counts
+            counts = torch.zeros(x.shape[0], self.vocab_size, dtype=torch.float32, device=x.device)
+            x = counts.scatter_add(1, x, torch.ones_like(x, dtype=torch.float32))
+            x = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:]], dim=1)  # padding is not counted
         if self.normalize:
             x = (x - self.mean) / self.std
+        if lengths is not None and self.vocab_size is None:  # padding stays zero
+            keep = valid_steps(lengths, x.shape[1])  # (B, T)
+            x = x * keep.reshape(*keep.shape, *([1] * (x.dim() - 2))).to(x.dtype)
         if self.resize_to is not None:
             size = (self.resize_to, self.resize_to)
             x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -349,7 +367,7 @@ class RawInputs(nn.Module):
             x = x.permute(0, 2, 1, 3).reshape(
                 -1, h, x.shape[1] * w
             )  # image rows as steps (B, H, C*W)
-        out = self.net(x).float()
+        out = (self.net(x) if lengths is None else self.net(x, lengths)).float()
         return torch.softmax(out, dim=1) if self.classes else out
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -403,26 +404,39 @@ def generate_file(run_dir: Path, count: int, seed: int, output: Path, overwrite:
     return output
 
 
-def raw_samples(data, n: int = 8) -> np.ndarray:
+def raw_samples(data, n: int = 8, lengths: bool = False):
     """A few samples as the dataset loads them (what an exported model takes), drawn at random
     from the run's own statistics: the export needs no data, only the run folder. Images get
-    pixels in [0, 1]; anything else values around the training split's mean."""
+    pixels in [0, 1]; text token ids of its vocabulary; anything else values around the
+    training split's mean. With `lengths`: (samples, each one's valid steps), padding zero."""
     rng = np.random.default_rng(0)
     shape = (n, *data.native_shape)
     if data.spec.kind == "image":
         return rng.uniform(0, 1, size=shape).astype(np.float32)
-    x = rng.standard_normal(shape).astype(np.float32)
-    return x if data.norm is None else (x * data.norm[1] + data.norm[0]).astype(np.float32)
+    if data.spec.vocab_size is not None:  # token ids; 0 pads, 1 is the unknown token
+        x = rng.integers(1, data.spec.vocab_size, size=shape, dtype=np.int64)
+    else:
+        x = rng.standard_normal(shape).astype(np.float32)
+        x = x if data.norm is None else (x * data.norm[1] + data.norm[0]).astype(np.float32)
+    if not lengths:
+        return x
+    steps = shape[1]
+    valid = rng.integers(1, steps + 1, size=n, dtype=np.int64)
+    valid[0] = steps  # one full sequence, one of a single step
+    valid[-1] = 1
+    from dlrun.data import pad_zero
+
+    return pad_zero(x, valid), valid
 
 
-def input_contract(data, raw: np.ndarray, fmt: str) -> dict:
+def input_contract(data, raw: np.ndarray, fmt: str, lengths: bool = False) -> dict:
     """What an exported model takes and returns: names, order, dtype, shape."""
     spec = data.spec
     contract = {
         "format": fmt,
         "input": {
             "name": "input",
-            "dtype": "float32",
+            "dtype": str(raw.dtype),
             "shape": ["batch", *raw.shape[1:]],
             "what": "samples as the dataset loads them; normalization"
             + (", resizing" if data.resize_to else "")
@@ -439,12 +453,28 @@ def input_contract(data, raw: np.ndarray, fmt: str) -> dict:
     }
     if spec.kind == "image":
         contract["input"]["what"] += "; image pixels scaled to [0, 1] (8-bit values / 255)"
-    if data.encoder is not None:
+    if getattr(data.encoder, "feature_names", None) is not None:
         contract["input"]["features"] = list(data.encoder.feature_names)
         contract["input"]["what"] += (
             "; a table's columns encoded as listed in `features` (numbers as they are, "
             "categories one-hot or ordinal), with no missing values"
         )
+    if spec.vocab_size is not None:
+        steps = raw.shape[1]
+        contract["input"]["what"] = (
+            f"token ids of each text by the run's tokenizer (beside the model: `tokenizer`), "
+            f"its first {steps} tokens, padded with 0 to {steps}; id 1 is a token the training "
+            "texts never had"
+        )
+    if lengths:
+        contract["lengths"] = {
+            "name": "lengths",
+            "dtype": "int64",
+            "shape": ["batch"],
+            "what": f"each sample's valid steps (1 to {raw.shape[1]}): its first steps are read, "
+            "the rest is padding and never changes the output; give the full length for a "
+            "sequence without padding",
+        }
     if spec.task == "classification":
         contract["classes"] = list(spec.class_names or map(str, range(spec.num_classes)))
     return contract
@@ -462,6 +492,7 @@ def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False
 
     output = Path(output or run_dir / "export" / f"model.{'onnx' if fmt == 'onnx' else 'pt'}")
     contract_path = output.with_name(output.name + ".json")
+    tokenizer = None
     for path in (output, contract_path):
         check_output(path, run_dir, [], overwrite)
     trained = Trained(run_dir, ["trainer.device=cpu"])
@@ -473,12 +504,15 @@ def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False
     data, spec, takes = trained.data, trained.prep.spec, trained.prep.takes
     if trained.prep.entry.objective != "supervised":  # its generative half: latent -> sample
         model = trained.generator().cpu()
-        x = torch.randn((8, model.latent_size), generator=torch.Generator().manual_seed(0))
+        z = torch.randn((8, model.latent_size), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            expected = model(x).numpy()
+            expected = model(z).numpy()
+        x = (z,)
         contract = generator_contract(trained, fmt, tuple(expected.shape[1:]))
     else:
-        raw = raw_samples(data)  # (8, *as loaded)
+        masked = takes == "sequence" and spec.kind == "sequence"  # padded: lengths go along
+        raw = raw_samples(data, lengths=masked)  # (8, *as loaded), and each one's valid steps
+        raw, lengths = raw if masked else (raw, None)
         model = RawInputs(
             trained.model.float().cpu().eval(),
             data.norm,
@@ -487,17 +521,31 @@ def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False
             takes,
             data.spec.kind,
             spec.task == "classification",
+            vocab_size=spec.vocab_size,
         ).eval()
-        x = torch.as_tensor(raw)
+        x = (
+            (torch.as_tensor(raw),)
+            if lengths is None
+            else tuple(map(torch.as_tensor, (raw, lengths)))
+        )
         encoded = dataclasses.replace(data, encoder=None)  # a table's samples come encoded here
-        expected = trained.outputs(adapt(encoded.transform(raw), data.spec, takes))  # predict's
-        contract = input_contract(data, raw, fmt)
+        prepared = adapt(encoded.transform(raw, lengths=lengths), data.spec, takes)
+        expected = trained.outputs(prepared, lengths)  # what dlrun-predict gives
+        contract = input_contract(data, raw, fmt, lengths is not None)
+        if spec.vocab_size is not None:  # the tokenizer travels beside the model
+            tokenizer = output.with_name(output.name + ".tokenizer.json")
+            check_output(tokenizer, run_dir, [], overwrite)
+            contract["input"]["tokenizer"] = tokenizer.name
     output.parent.mkdir(parents=True, exist_ok=True)
     got = write_model(model.eval(), x, fmt, output)
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise RuntimeError(
             f"the exported model's outputs differ from dlrun's (max {np.abs(got - expected).max()})"
         )
+    if tokenizer is not None:
+        import shutil
+
+        shutil.copyfile(run_dir / "preprocessing" / "tokenizer.json", tokenizer)
     extra = output.with_name(output.name + ".data")
     if fmt == "onnx" and extra.exists():
         contract["external_data"] = extra.name  # keep it beside the model
@@ -507,18 +555,20 @@ def export(run_dir: Path, fmt: str, output: Path | None, overwrite: bool = False
     return output
 
 
-def write_model(model, x, fmt: str, output: Path) -> np.ndarray:
+def write_model(model, x: tuple, fmt: str, output: Path) -> np.ndarray:
     """`model` written as TorchScript or ONNX (batch size free); returns what the written file
-    computes for `x`, read back through torch.jit or onnxruntime."""
+    computes for the inputs `x` (the samples, and their lengths for padded sequences), read
+    back through torch.jit or onnxruntime."""
     import torch
 
     from dlrun.checkpoints import atomic_write
 
+    names = ["input", "lengths"][: len(x)]
     with torch.no_grad():
         if fmt == "torchscript":
             scripted = torch.jit.trace(model, x)
             atomic_write(output, lambda f: torch.jit.save(scripted, f))
-            return torch.jit.load(str(output))(x).numpy()
+            return torch.jit.load(str(output))(*x).numpy()
         try:
             import onnxruntime
         except ImportError:
@@ -526,18 +576,22 @@ def write_model(model, x, fmt: str, output: Path) -> np.ndarray:
         # one file when it fits (ONNX keeps weights inline up to 2 GB); beyond, the weights go
         # to <file>.data beside it, which must travel with the model
         params = sum(p.numel() * p.element_size() for p in model.parameters())
-        torch.onnx.export(
-            model,
-            (x,),
-            str(output),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            dynamo=True,
-            external_data=params > 1.5e9,
-        )
+        batch = torch.export.Dim("batch")
+        with warnings.catch_warnings():  # torch.export's notes on its own internals
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            torch.onnx.export(
+                model,
+                x,
+                str(output),
+                input_names=names,
+                output_names=["output"],
+                dynamic_shapes=tuple({0: batch} for _ in x),
+                dynamo=True,
+                external_data=params > 1.5e9,
+            )
         session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-        return session.run(None, {"input": x.numpy()})[0]
+        return session.run(None, {n: t.numpy() for n, t in zip(names, x, strict=True)})[0]
 
 
 def generator_contract(trained, fmt: str, shape: tuple) -> dict:
@@ -690,6 +744,11 @@ def main_export(argv: list[str]) -> None:
     print(
         f"input: {contract['input']['dtype']} {contract['input']['shape']}: {contract['input']['what']}"
     )
+    if "lengths" in contract:
+        lengths = contract["lengths"]
+        print(f"lengths: {lengths['dtype']} {lengths['shape']}: {lengths['what']}")
+    if "tokenizer" in contract["input"]:
+        print(f"tokenizer: {path.with_name(contract['input']['tokenizer'])} (keep it beside)")
     print(f"output: {contract['output']['shape']}: {contract['output']['what']}")
     if "external_data" in contract:
         print(f"its weights are in {contract['external_data']} beside it: keep the two together")

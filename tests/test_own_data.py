@@ -421,3 +421,54 @@ def test_a_text_run_resumes_exactly_with_its_saved_tokenizer(tmp_path, monkeypat
             f"trainer.resume={tmp_path / 'cut'}",
             name="late",
         )
+
+
+@pytest.mark.parametrize(("door", "model"), [("npz", "gru"), ("long", "cnn1d"), ("text", "lstm")])
+def test_an_exported_sequence_model_takes_lengths_and_text_token_ids(tmp_path, doors, door, model):
+    """The ONNX export of a sequence run takes padded samples and their lengths (text: token
+    ids of the tokenizer copied beside it) and gives dlrun-predict's probabilities on new data;
+    what the padding holds never changes them."""
+    import onnxruntime
+
+    overrides, new, rows = doors[door]
+    _, run_dir = train(tmp_path, *overrides, f"model={model}", "trainer.max_epochs=1")
+    path = use.export(run_dir, "onnx", None)
+    contract = json.loads(path.with_name(path.name + ".json").read_text())
+    assert contract["lengths"]["name"] == "lengths" and contract["lengths"]["dtype"] == "int64"
+    expected = pd.read_csv(use.predict_file(run_dir, new, tmp_path / "p.csv"))
+    expected = expected.filter(like="proba_").to_numpy()
+    if door == "text":  # as a user would: the tokenizer beside the model, the contract's steps
+        from tokenizers import Tokenizer
+
+        assert contract["input"]["dtype"] == "int64"
+        tokenizer = Tokenizer.from_file(str(path.with_name(contract["input"]["tokenizer"])))
+        steps = contract["input"]["shape"][1]
+        texts = pd.read_csv(new)["text"]
+        ids = [tokenizer.encode(t).ids[:steps] for t in texts]
+        x = np.zeros((len(ids), steps), dtype=np.int64)
+        for row, tokens in enumerate(ids):
+            x[row, : len(tokens)] = tokens
+        lengths = np.array([len(t) for t in ids], dtype=np.int64)
+    elif door == "npz":
+        arrays = np.load(new)
+        x, lengths = arrays["x"][..., None].astype(np.float32), arrays["lengths"].astype(np.int64)
+    else:  # long-format rows, grouped by id as the run's encoder groups them
+        trained = use.Trained(run_dir)
+        x, lengths, _ = trained.data.encoder.transform(pd.read_csv(new), "new rows")
+        x, lengths = x.astype(np.float32), lengths.astype(np.int64)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x, "lengths": lengths})[0]
+    assert len(got) == rows and np.allclose(got, expected, atol=1e-5)
+    padded = np.arange(x.shape[1])[None, :] >= lengths[:, None]
+    assert padded.any()
+    x[padded] = 7 if door != "text" else 3  # garbage in the padding
+    assert np.allclose(session.run(None, {"input": x, "lengths": lengths})[0], got, atol=1e-6)
+
+
+def test_an_exported_bag_of_tokens_model_counts_the_token_ids(tmp_path, doors):
+    overrides, new, _ = doors["text"]
+    _, run_dir = train(tmp_path, *overrides, "model=mlp", "trainer.max_epochs=1")
+    path = use.export(run_dir, "torchscript", None)
+    contract = json.loads(path.with_name(path.name + ".json").read_text())
+    assert "lengths" not in contract and contract["input"]["dtype"] == "int64"
+    assert path.with_name(contract["input"]["tokenizer"]).is_file()
