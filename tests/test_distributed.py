@@ -15,8 +15,20 @@ from conftest import read_metrics
 DLRUN = str(Path(sys.executable).with_name("dlrun"))
 
 
-def test_two_gloo_processes_match_one_process_and_write_one_folder(tmp_path):
-    args = ["trainer.device=cpu", "trainer.max_epochs=3", "model.dropout=0.0"]
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ["model.dropout=0.0"],
+        # padded sequences of random lengths: each process's batches carry their lengths
+        pytest.param(
+            ["data=sines", "data.n_samples=300", "model=gru", "model.hidden_size=16"],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["mlp", "padded-gru"],
+)
+def test_two_gloo_processes_match_one_process_and_write_one_folder(tmp_path, setup):
+    args = ["trainer.device=cpu", "trainer.max_epochs=3", *setup]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for where, extra in (("ddp", ["trainer.devices=2"]), ("single", [])):
         (tmp_path / where).mkdir()

@@ -472,3 +472,24 @@ def test_an_exported_bag_of_tokens_model_counts_the_token_ids(tmp_path, doors):
     contract = json.loads(path.with_name(path.name + ".json").read_text())
     assert "lengths" not in contract and contract["input"]["dtype"] == "int64"
     assert path.with_name(contract["input"]["tokenizer"]).is_file()
+
+
+def test_padded_sequences_stream_exactly_as_they_train_from_the_device(tmp_path):
+    """Batches sliced on the device and batches streamed by a DataLoader carry the same lengths:
+    the same losses and metrics, epoch by epoch."""
+    from conftest import read_metrics
+
+    runs = [
+        train(
+            tmp_path / where,
+            "data=sines",
+            "data.n_samples=240",
+            "model=cnn1d",
+            "trainer.max_epochs=2",
+            f"trainer.data_placement={where}",
+        )
+        for where in ("device", "stream")
+    ]
+    (one, a), (two, b) = runs
+    assert read_metrics(a)[-1]["train_loss"] == read_metrics(b)[-1]["train_loss"]
+    assert one["test"] == two["test"]
