@@ -493,3 +493,26 @@ def test_padded_sequences_stream_exactly_as_they_train_from_the_device(tmp_path)
     (one, a), (two, b) = runs
     assert read_metrics(a)[-1]["train_loss"] == read_metrics(b)[-1]["train_loss"]
     assert one["test"] == two["test"]
+
+
+def test_text_through_the_commands_a_user_types(tmp_path, doors):
+    """`dlrun` trains on a text CSV, `dlrun-predict` reads new texts, `dlrun-eval` gives the
+    run's test metrics again: the three commands, as a user types them."""
+    overrides, new, _ = doors["text"]
+    run_dir = tmp_path / "run"
+    result = cli(
+        *overrides, "model=gru", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = tmp_path / "predicted.csv"
+    result = cli(
+        f"run_dir={run_dir}", f"input={new}", f"output={out}", cwd=tmp_path, tool="dlrun-predict"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(pd.read_csv(out)["prediction"].map(type).unique()) == [str]  # class names
+    result = cli(
+        f"run_dir={run_dir}", f"out_dir={tmp_path / 'eval'}", cwd=tmp_path, tool="dlrun-eval"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"] == summary["test"]
