@@ -68,6 +68,10 @@ def setting(default: Any, **rule: Any) -> Any:
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    # transfer learning (dlrun.transfer): start from a run folder's best.pt or a checkpoint
+    # file; init_part takes one part of it (an autoencoder's `encoder`, chosen by itself)
+    init_from: Optional[str] = None
+    init_part: Optional[str] = None
 
 
 @dataclass
@@ -78,6 +82,11 @@ class DataConfig:
     split_seed: int = setting(II("seed"), **SEED)  # the run's seed unless set on its own
     normalize: bool = True  # statistics from the training split only
     as_sequence: bool = False  # a table's F features read as F steps of one value (sequence models)
+    # only these classes (names or indices), renumbered in the order given; null: all
+    classes: Optional[list[Any]] = None
+    # only this many training samples per class (seeded, after the split: validation and test
+    # keep theirs); null: all. For few-label experiments.
+    train_per_class: Optional[int] = setting(None, lo=1)
     task: Optional[str] = setting(
         None, choices=("classification", "regression")
     )  # null: the data's

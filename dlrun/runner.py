@@ -49,6 +49,8 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         # alike), and must be the data it trained on
         fitted = saved_preprocessing(run_dir) if resume is not None else None
         prep = prepare(conf, fitted)  # resolves the `auto` settings
+        if resume is None:  # model.init_from: a start from trained weights (not on resume)
+            prep = start_from(conf, prep)
         if resume is not None:
             check_same_experiment(resume.get("config", {}), conf, path)
             check_unchanged(run_dir, prep, conf)
@@ -342,6 +344,7 @@ class Prepared:
     splits: dict  # split name -> (inputs shaped for the model, targets)
     device: object  # torch.device
     takes: str = "flat"  # the input kind the model reads the data as (dlrun.data.adapt)
+    init: object = None  # dlrun.transfer.Source: the weights training starts from, if any
 
     @property
     def lengths(self) -> dict | None:
@@ -378,6 +381,24 @@ def prepare(conf, fitted=None) -> Prepared:
         for x, y in [data.split(name)]
     }
     return Prepared(data, entry, spec, splits, device, takes)
+
+
+def start_from(conf, prep: Prepared) -> Prepared:
+    """With `model.init_from`: the weights read and checked against this data, and the data
+    prepared as the run they come from prepared its own (its normalization, a table's
+    encoder, a text's tokenizer), so the weights see inputs like those they learned from."""
+    import dataclasses
+
+    from dlrun.transfer import check_data, open_source
+
+    source = open_source(conf, prep.entry)
+    if source is None:
+        return prep
+    check_data(source, prep.data.spec, conf)
+    before = source.preprocessing
+    if before is not None and (before.encoder is not None or before.norm is not None):
+        prep = prepare(conf, before)
+    return dataclasses.replace(prep, init=source)
 
 
 def saved_preprocessing(run_dir: Path):
@@ -534,6 +555,10 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         # flushing them to zero changes no result that matters.
         torch.set_flush_denormal(True)
     model = build_network(prep, conf)
+    if prep.init is not None and resume is None:
+        from dlrun.transfer import load_into
+
+        log.info("%s", load_into(model, prep.init, prep.spec))
     objective = objective_for(conf, prep, device, run_dir)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s trainable parameters on %s", f"{params:,}", device)

@@ -184,6 +184,7 @@ def build_data(cfg, fitted=None) -> DataModule:
     if cfg.task is not None and cfg.task != raw.spec.task:
         raw = _with_task(raw, cfg.task)
     train, val, test = split_indices(raw, cfg)
+    raw, (train, val, test) = select_rows(raw, (train, val, test), cfg)
     if fitted is not None and fitted.encoder is not None and raw.encode is not None:
         raw = dataclasses.replace(raw, encode=fitted.encoder.refitted(raw.encode))
         x = raw.encode.apply(raw.x)
@@ -350,6 +351,52 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
         if len(part) == 0:
             raise UserError(f"data: the fixed split has no '{name}' rows.")
     return train, val, test
+
+
+def select_rows(raw: RawData, parts: tuple, cfg) -> tuple[RawData, tuple]:
+    """`data.classes`: only those classes' rows, renumbered in the order given (the split is
+    the full data's, so a row is in the same part whichever classes are kept).
+    `data.train_per_class`: only that many training rows per class, drawn with the split's
+    seed; validation and test keep all theirs."""
+    keep = getattr(cfg, "classes", None)
+    per_class = getattr(cfg, "train_per_class", None)
+    if (keep or per_class) and raw.spec.task != "classification":
+        key = "data.classes" if keep else "data.train_per_class"
+        raise UserError(f"{key}: '{raw.spec.name}' is a regression dataset; it has no classes.")
+    if keep:
+        names = tuple(raw.spec.class_names or map(str, range(raw.spec.num_classes)))
+        codes = []
+        for given in keep:
+            text = str(given)
+            if text in names:
+                codes.append(names.index(text))
+            elif isinstance(given, int) and 0 <= given < len(names) and raw.spec.class_names is None:
+                codes.append(given)
+            else:
+                raise UserError(
+                    f"data.classes: '{given}' is not a class of '{raw.spec.name}'. Its classes: "
+                    f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''}."
+                )
+        if len(set(codes)) != len(codes) or len(codes) < 2:
+            raise UserError(
+                f"data.classes must list at least 2 different classes. Got {list(keep)}."
+            )
+        recode = np.full(len(names), -1, dtype=np.int64)
+        recode[codes] = np.arange(len(codes))
+        y = recode[np.asarray(raw.y)]
+        parts = tuple(rows[y[rows] >= 0] for rows in parts)
+        spec = dataclasses.replace(
+            raw.spec, num_classes=len(codes), class_names=tuple(names[c] for c in codes)
+        )
+        raw = dataclasses.replace(raw, y=y, spec=spec)
+    if per_class:
+        train, *rest = parts
+        rng = np.random.default_rng(cfg.split_seed)
+        shuffled = rng.permutation(train)
+        labels = np.asarray(raw.y)[shuffled]
+        chosen = np.concatenate([shuffled[labels == c][:per_class] for c in np.unique(labels)])
+        parts = (np.sort(chosen), *rest)
+    return raw, parts
 
 
 def _with_task(raw: RawData, task: str) -> RawData:

@@ -19,8 +19,12 @@ import math
 from dataclasses import dataclass
 
 from dlrun.config import ACTIVATIONS, ModelConfig, setting
+from dlrun.errors import ConfigError
 from dlrun.models.layers import activation
 from dlrun.registry import register_model
+
+
+ARCHITECTURES = ("auto", "mlp", "conv")
 
 
 @dataclass
@@ -30,6 +34,9 @@ class AutoencoderConfig(ModelConfig):
     hidden_sizes: list[int] = setting([256, 128], lo=1)  # MLP encoder (flat data); mirrored
     channels: list[int] = setting([32, 64], lo=1)  # conv encoder stages (images); mirrored
     activation: str = setting("relu", choices=ACTIVATIONS)
+    # auto: convolutional for images, an MLP for anything else; mlp: images flattened too (an
+    # encoder an `mlp` classifier with the same hidden_sizes can start from: model.init_from)
+    architecture: str = setting("auto", choices=ARCHITECTURES)
     # denoising: the input is corrupted in training (gaussian: noise of std `noise` in normalized
     # units; mask: a share `noise` of the values set to zero), the clean input is the target
     denoise: str = setting("none", choices=("none", "gaussian", "mask"))
@@ -51,6 +58,7 @@ class VAEConfig(ModelConfig):
     hidden_sizes: list[int] = setting([256, 128], lo=1)
     channels: list[int] = setting([32, 64], lo=1)
     activation: str = setting("relu", choices=ACTIVATIONS)
+    architecture: str = setting("auto", choices=ARCHITECTURES)  # as the autoencoder's
     beta: float = setting(1.0, lo=0)  # weight of the KL term (Higgins et al. 2017's beta-VAE)
 
 
@@ -69,7 +77,11 @@ def AutoEncoder(cfg, spec, variational: bool):
     from dlrun.nn import AutoEncoderNet
 
     out = cfg.latent_size * (2 if variational else 1)
-    if spec.kind == "image":
+    if cfg.architecture == "conv" and spec.kind != "image":
+        raise ConfigError(
+            f"model.architecture: 'conv' needs images; this data is {spec.kind}. Use auto or mlp."
+        )
+    if spec.kind == "image" and cfg.architecture != "mlp":
         encoder, decoder = conv_pair(cfg, spec.shape, out)
     else:
         encoder, decoder = mlp_pair(cfg, math.prod(spec.shape), out)
