@@ -5,6 +5,9 @@ A recipe is a primary config whose header says how to run it and what it reaches
     # run: dlrun -m -cd recipes -cn optimizers        the command, from the repository root
     # shrink: trainer.max_epochs=1                    overrides for a quick smoke run (tests)
     # needs: data/mnist/MNIST/raw                     a folder it cannot run without (optional)
+    # before: pretrain dlrun model=autoencoder         a run made first (optional, in order):
+    #                                                  the run and expect lines name its folder
+    #                                                  {pretrain}
     # expect: optim=adam test.accuracy >= 0.95        [job override] summary key, op, value
     # expect: test.recon_mse < 0.5*test.noisy_mse      ... or [factor*]another key of the job
     # expect: test.recon_mse < pca(16)                 ... or a baseline on the job's own split
@@ -24,6 +27,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +97,7 @@ class Recipe:
     shrink: list[str] = field(default_factory=list)
     needs: str | None = None
     expects: list[Expect] = field(default_factory=list)
+    before: list[tuple[str, list[str]]] = field(default_factory=list)  # (name, args after dlrun)
 
     @property
     def multirun(self) -> bool:
@@ -100,7 +105,7 @@ class Recipe:
 
 
 def parse(path: Path) -> Recipe:
-    head = {"run": [], "shrink": [], "needs": [], "expect": []}
+    head = {"run": [], "shrink": [], "needs": [], "expect": [], "before": []}
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
@@ -119,6 +124,12 @@ def parse(path: Path) -> Recipe:
         except ValueError:  # another key of the summary, or a baseline
             expects.append(Expect(job, key, op, value))
     args = shlex.split(head["run"][0])[1:]
+    before = []
+    for text in head["before"]:
+        name, *command = shlex.split(text)
+        if not command or command[0] != "dlrun":
+            raise ValueError(f"{path}: '# before: {text}' is not 'NAME dlrun ...'")
+        before.append((name, command[1:]))
     return Recipe(
         path.stem,
         path,
@@ -126,6 +137,7 @@ def parse(path: Path) -> Recipe:
         shlex.split(" ".join(head["shrink"])),
         head["needs"][0] if head["needs"] else None,
         expects,
+        before,
     )
 
 
@@ -137,11 +149,29 @@ def run(
     extra: tuple[str, ...] = (),
     cwd: Path | None = None,
 ) -> list[tuple[list[str], dict]]:
-    """Run the recipe's command into out_dir; return (overrides, summary) for each job."""
-    args = list(recipe.args)
+    """Run the recipe's command into out_dir (its `before` runs first, each into a folder
+    beside it); return (overrides, summary) for each job."""
+    folders = {}
+    for name, args in recipe.before:
+        folders[name] = out_dir.with_name(f"{out_dir.name}-{name}")
+        _dlrun(recipe, args, False, folders[name], shrink, extra, cwd, folders)
+    _dlrun(recipe, recipe.args, recipe.multirun, out_dir, shrink, extra, cwd, folders)
+    jobs = sorted(out_dir.glob("*/summary.json")) if recipe.multirun else [out_dir / "summary.json"]
+    results = []
+    for summary in jobs:
+        overrides = yaml.safe_load((summary.parent / ".hydra" / "overrides.yaml").read_text()) or []
+        for name, folder in folders.items():  # as the header writes them: {name}
+            overrides = [o.replace(str(folder.resolve()), f"{{{name}}}") for o in overrides]
+        results.append((overrides, json.loads(summary.read_text())))
+    return results
+
+
+def _dlrun(recipe, args, multirun, out_dir, shrink, extra, cwd, folders) -> None:
+    for name, folder in folders.items():  # {name}: the folder of that earlier run
+        args = [a.replace(f"{{{name}}}", str(folder.resolve())) for a in args]
     if "-cd" in args:  # the recipes folder, wherever the command runs from
         args[args.index("-cd") + 1] = str(recipe.path.parent.resolve())
-    where = "hydra.sweep.dir" if recipe.multirun else "hydra.run.dir"
+    where = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     command = [
         str(Path(sys.executable).with_name("dlrun")),
         *args,
@@ -152,12 +182,6 @@ def run(
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{recipe.name}: exit code {done.returncode}\n{done.stderr[-3000:]}")
-    jobs = sorted(out_dir.glob("*/summary.json")) if recipe.multirun else [out_dir / "summary.json"]
-    results = []
-    for summary in jobs:
-        overrides = yaml.safe_load((summary.parent / ".hydra" / "overrides.yaml").read_text()) or []
-        results.append((overrides, json.loads(summary.read_text())))
-    return results
 
 
 def check(
@@ -186,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     for column in ("recipe", "expectation", "found", "result"):
         table.add_column(column)
     failed = 0
+    root = Path("outputs") / "recipes" / time.strftime("%Y-%m-%d_%H-%M-%S")  # a new one each time
     for path in paths:
         recipe = parse(path)
         if recipe.needs and not Path(recipe.needs).exists():
@@ -193,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"running {recipe.name}: dlrun {' '.join(recipe.args)}", flush=True)
         try:
-            results = run(recipe, Path("outputs") / "recipes" / recipe.name)
+            results = run(recipe, root / recipe.name)
         except RuntimeError as ex:
             failed += 1
             table.add_row(recipe.name, "", "", f"[red]failed: {str(ex).splitlines()[0]}")

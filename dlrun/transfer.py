@@ -171,8 +171,8 @@ def _shape(shape) -> str:
 def load_into(net, source: Source, spec) -> str:
     """Copy `source`'s weights into `net`: by name where the names agree, else in order (layer
     by layer, e.g. an autoencoder's encoder into an MLP) where the shapes agree. The head's
-    rows are kept for the classes both runs have (by name); the rest of the head is left as
-    built (re-initialised). Anything else that does not fit is an error naming it. Returns
+    rows are kept for the classes both runs have (by name); the rest of the head starts at
+    zero (re-initialised). Anything else that does not fit is an error naming it. Returns
     the one line that says what happened."""
     import torch
 
@@ -216,6 +216,8 @@ def load_into(net, source: Source, spec) -> str:
             continue
         new[key] = value.to(target[key].dtype)
     reinit += [k for k in head if k not in pairs]
+    for key in reinit:  # a new head starts at zero: see _shared_rows
+        new[key] = torch.zeros_like(target[key])
     with torch.no_grad():
         inner.load_state_dict(new)
     loaded = len(pairs) - len(reinit)
@@ -241,10 +243,15 @@ def load_into(net, source: Source, spec) -> str:
 def _shared_rows(value, built, before: tuple, now: tuple):
     """The head's weight or bias with the rows of classes `before` and `now` share copied
     from `value` into `built`; (None, None) when no class is shared or the inputs differ."""
+    import torch
+
     shared = [(before.index(c), i) for i, c in enumerate(now) if c in before]
     if not shared or tuple(value.shape[1:]) != tuple(built.shape[1:]):
         return None, None
-    out = built.clone()
+    # The rows of new classes start at zero (as MAE's fine-tuning starts its head near zero):
+    # a random head on trained features gives large logits whose first gradients would
+    # scramble the very features the run starts from; from zero, the head learns first.
+    out = torch.zeros_like(built)
     for old, i in shared:
         out[i] = value[old]
     return out, ", ".join(now[i] for _, i in shared)

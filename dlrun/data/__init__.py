@@ -370,7 +370,9 @@ def select_rows(raw: RawData, parts: tuple, cfg) -> tuple[RawData, tuple]:
             text = str(given)
             if text in names:
                 codes.append(names.index(text))
-            elif isinstance(given, int) and 0 <= given < len(names) and raw.spec.class_names is None:
+            elif (
+                isinstance(given, int) and 0 <= given < len(names) and raw.spec.class_names is None
+            ):
                 codes.append(given)
             else:
                 raise UserError(
