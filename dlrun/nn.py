@@ -455,3 +455,26 @@ class Generated(nn.Module):
         if self.vae_image:
             return torch.sigmoid(out)  # the pixels' Bernoulli means, in [0, 1]
         return out * self.std + self.mean
+
+
+class Pretrained(nn.Module):
+    """A pretrained torchvision network (dlrun.models.pretrained) behind the input preparation
+    its weights expect: a grayscale image's channel read as R, G and B, then the weights'
+    per-channel mean and std on pixels in [0, 1]. `load_pretrained()` loads the weights into
+    every layer but the head, new for the data (a new run; a checkpoint's weights replace
+    them otherwise)."""
+
+    def __init__(self, net: nn.Module, mean, std, start=None):
+        super().__init__()
+        self.net = net
+        self.start = start  # start(net): loads the pretrained weights; None: none
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), C = 1 or 3
+        x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W): grayscale repeated, RGB as it is
+        return self.net((x - self.mean) / self.std)  # (B, out)
+
+    def load_pretrained(self) -> None:
+        if self.start is not None:
+            self.start(self.net)

@@ -4,7 +4,8 @@ A recipe is a primary config whose header says how to run it and what it reaches
 
     # run: dlrun -m -cd recipes -cn optimizers        the command, from the repository root
     # shrink: trainer.max_epochs=1                    overrides for a quick smoke run (tests)
-    # needs: data/mnist/MNIST/raw                     a folder it cannot run without (optional)
+    # needs: data/mnist/MNIST/raw (how to get it)     a file or folder it cannot run without
+    #                                                  (optional, one line each)
     # before: pretrain dlrun model=autoencoder         a run made first (optional, in order):
     #                                                  the run and expect lines name its folder
     #                                                  {pretrain}
@@ -16,7 +17,9 @@ The baseline `pca(K)`: the test reconstruction error (mean squared, per input va
 input's own scale) of PCA with K components fitted on the job's training split.
 
 `python -m dlrun.recipes [NAME ...]` (`make recipes`) runs them in full and checks every
-expectation; a recipe whose `needs` folder is missing is reported as skipped, with the reason.
+expectation; a recipe whose `needs` file or folder is missing is reported as skipped, with its
+path. In a path, `{torch_hub}` is torch.hub's folder, where torchvision keeps its weights (in
+checkpoints/, named as in their URLs).
 """
 
 from __future__ import annotations
@@ -95,13 +98,25 @@ class Recipe:
     path: Path
     args: list[str]  # after `dlrun`
     shrink: list[str] = field(default_factory=list)
-    needs: str | None = None
+    needs: list[str] = field(default_factory=list)  # paths, each with how to get it
     expects: list[Expect] = field(default_factory=list)
     before: list[tuple[str, list[str]]] = field(default_factory=list)  # (name, args after dlrun)
 
     @property
     def multirun(self) -> bool:
         return "-m" in self.args or "--multirun" in self.args
+
+    def missing(self) -> str | None:
+        """The first file or folder the recipe needs that is not there, or None."""
+        for need in self.needs:
+            path = need.split()[0]  # the rest of the line says how to get it
+            if "{torch_hub}" in path:
+                import torch
+
+                path = path.replace("{torch_hub}", torch.hub.get_dir())
+            if not Path(path).expanduser().exists():
+                return path
+        return None
 
 
 def parse(path: Path) -> Recipe:
@@ -135,7 +150,7 @@ def parse(path: Path) -> Recipe:
         path,
         args,
         shlex.split(" ".join(head["shrink"])),
-        head["needs"][0] if head["needs"] else None,
+        head["needs"],
         expects,
         before,
     )
@@ -213,8 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     root = Path("outputs") / "recipes" / time.strftime("%Y-%m-%d_%H-%M-%S")  # a new one each time
     for path in paths:
         recipe = parse(path)
-        if recipe.needs and not Path(recipe.needs).exists():
-            table.add_row(recipe.name, "", "", f"skipped: {recipe.needs} is missing")
+        missing = recipe.missing()
+        if missing:
+            table.add_row(recipe.name, "", "", f"skipped: {missing} is missing")
             continue
         print(f"running {recipe.name}: dlrun {' '.join(recipe.args)}", flush=True)
         try:

@@ -44,6 +44,10 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             resume = open_resume(path, main)
         elif main:
             folders.claim_run(run_dir)  # exactly one process gets a folder; the others stop here
+        check_weights = getattr(conf.model, "check_weights", None)
+        if resume is None and main and check_weights is not None:
+            check_weights()  # the pretrained weights a new run starts from (or fetched)
+        distributed.barrier()
         # data, model pairing, device: problems here stop the run before its folder is written;
         # a resumed run's data is prepared by what it saved (a tokenizer is not trained twice
         # alike), and must be the data it trained on
@@ -361,8 +365,11 @@ def prepare(conf, fitted=None) -> Prepared:
     from dlrun.training import job_device, seed_everything
 
     seed_everything(conf.seed)
-    data = build_data(conf.data, fitted)
     entry = get_model(conf.model.name)
+    settle = getattr(conf.model, "settle", None)
+    if settle is not None:  # settings that follow the model's weights (input size, normalization)
+        settle(conf)
+    data = build_data(conf.data, fitted)
     takes = entry.input_for(data.spec)
     spec = data.spec.view(takes)  # a pairing that makes no sense stops here
     size = getattr(conf.model, "input_size", None)  # a model built for one image size
@@ -517,13 +524,16 @@ def confusion_pictures(spec, y_test, outputs):
     return lambda run_dir: plots.save_confusion(run_dir, spec, y_test, outputs)
 
 
-def build_network(prep, conf):
+def build_network(prep, conf, start: bool = False):
     """The network of a torch model, sized from the data; a regression network predicts in the
     target's own units (dlrun.nn.TargetScaled), a GAN generates pixels normalized like the
-    data's (dlrun.nn.GANNet.set_scale)."""
+    data's (dlrun.nn.GANNet.set_scale). With `start` (a new run), a pretrained network loads
+    the weights it starts from; elsewhere a checkpoint's weights replace them."""
     import numpy as np
 
     model = prep.entry.build(conf.model, prep.spec)
+    if start and hasattr(model, "load_pretrained"):
+        model.load_pretrained()
     if prep.entry.objective == "gan":  # its generator's pixels, normalized like the data's
         model.set_scale(prep.data.norm)
     if prep.entry.objective == "supervised" and prep.spec.task == "regression":
@@ -554,7 +564,7 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         # Denormal floats (a saturated tanh RNN makes many) slow x86 CPUs several times over;
         # flushing them to zero changes no result that matters.
         torch.set_flush_denormal(True)
-    model = build_network(prep, conf)
+    model = build_network(prep, conf, start=resume is None)
     if prep.init is not None and resume is None:
         from dlrun.transfer import load_into
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import ROOT
@@ -22,6 +24,43 @@ def test_the_issue_s_recipes_are_all_here():
     }
 
 
+def files_for(recipe, folder: Path, monkeypatch) -> tuple[str, ...]:
+    """What the recipe reads from disk, written into `folder` (small, in the same formats);
+    returns the overrides that point the recipe at them."""
+    if recipe.name == "resnet18_finetune":  # digits as PNGs; weights where torchvision keeps them
+        from test_pretrained import save_weights
+
+        from dlrun.data.digits import write_image_folder
+
+        monkeypatch.setenv("TORCH_HOME", str(folder / "torch_home"))
+        save_weights("resnet18")  # random values: the recipe's run, not its result, is tested
+        write_image_folder(folder / "data" / "digits_png")
+        monkeypatch.chdir(folder)
+        assert recipe.missing() is None  # the header names the files the recipe reads
+        return ()
+    from test_data_files import write_mnist
+
+    write_mnist(folder / "mnist", n_train=100, n_test=20)
+    return (f"data.root={folder / 'mnist'}",)
+
+
+def test_a_recipe_without_its_files_is_skipped_naming_them(tmp_path, monkeypatch):
+    from dlrun.data.digits import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    recipe = recipes.parse(ROOT / "recipes" / "resnet18_finetune.yaml")
+    assert recipe.missing() == "data/digits_png"
+    write_image_folder(tmp_path / "data" / "digits_png")
+    weights = tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert recipe.missing() == str(weights)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    assert recipe.missing() is None
+    mnist = recipes.parse(ROOT / "recipes" / "lenet5_mnist.yaml")
+    assert mnist.missing() == "data/mnist/MNIST/raw"  # the path, not its line's explanation
+
+
 # The model zoo (eight models, ~2 minutes even shrunken) runs in full in the slow suite
 # (tests/test_slow.py::test_model_zoo_on_digits), so here it is slow too; DCGAN on MNIST runs the
 # same code as DCGAN on digits, on MNIST files the slow suite writes.
@@ -33,15 +72,10 @@ SLOW = {"model_zoo_digits", "dcgan_mnist"}
     [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in RECIPES],
     ids=lambda p: p.stem,
 )
-def test_recipe_runs_shrunken(tmp_path, path):
+def test_recipe_runs_shrunken(tmp_path, path, monkeypatch):
     recipe = recipes.parse(path)
     assert recipe.expects and recipe.shrink
-    extra = ()
-    if recipe.needs:  # data the recipe reads from disk: tiny files in the same format
-        from test_data_files import write_mnist
-
-        write_mnist(tmp_path / "mnist", n_train=100, n_test=20)
-        extra = (f"data.root={tmp_path / 'mnist'}",)
+    extra = files_for(recipe, tmp_path, monkeypatch) if recipe.needs else ()
     results = recipes.run(recipe, tmp_path / "out", shrink=True, extra=extra, cwd=tmp_path)
     assert results and all(summary["status"] == "completed" for _, summary in results)
     checked = recipes.check(recipe, results)

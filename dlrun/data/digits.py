@@ -7,6 +7,7 @@ a quarter of float32's memory), unless data.image_size resizes them into floats 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -43,3 +44,27 @@ def load_digits(cfg: DigitsConfig):
         class_names=tuple(str(c) for c in bunch.target_names),
     )
     return RawData(x, y, spec, pixel_max=pixel_max)
+
+
+def write_image_folder(root: Path) -> None:
+    """The 1,797 digits as PNG files in data=image_folder's layout (root/<digit>/<index>.png,
+    8x8 8-bit grayscale, pixels 0..16 scaled to 0..255): an image folder that needs no
+    download. `python -m dlrun.data.digits FOLDER` writes it."""
+    from PIL import Image
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    pixels = np.rint(bunch.images * (255 / 16)).astype(np.uint8)  # (N, 8, 8)
+    for i, (image, label) in enumerate(zip(pixels, bunch.target, strict=True)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")  # 2-D uint8: mode L
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m dlrun.data.digits FOLDER  (writes the digits as PNG files)")
+    write_image_folder(Path(sys.argv[1]))
+    print(f"wrote {sys.argv[1]}/<digit>/<index>.png (1,797 images of 10 digits)")

@@ -13,6 +13,7 @@ from dlrun.models import (  # noqa: F401  (registration side effect)
     lenet5,
     lstm,
     mlp,
+    pretrained,
     random_forest,
     rnn,
     xgb,

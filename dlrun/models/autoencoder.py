@@ -23,7 +23,6 @@ from dlrun.errors import ConfigError
 from dlrun.models.layers import activation
 from dlrun.registry import register_model
 
-
 ARCHITECTURES = ("auto", "mlp", "conv")
 
 
