@@ -83,7 +83,7 @@ class DataConfig:
     normalize: bool = True  # statistics from the training split only
     as_sequence: bool = False  # a table's F features read as F steps of one value (sequence models)
     # only these classes (names or indices), renumbered in the order given; null: all
-    classes: Optional[list[Any]] = None
+    keep_classes: Optional[list[Any]] = None
     # only this many training samples per class (seeded, after the split: validation and test
     # keep theirs); null: all. For few-label experiments.
     train_per_class: Optional[int] = setting(None, lo=1)

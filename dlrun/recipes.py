@@ -12,6 +12,7 @@ A recipe is a primary config whose header says how to run it and what it reaches
     # expect: optim=adam test.accuracy >= 0.95        [job override] summary key, op, value
     # expect: test.recon_mse < 0.5*test.noisy_mse      ... or [factor*]another key of the job
     # expect: test.recon_mse < pca(16)                 ... or a baseline on the job's own split
+    # expect: mean:model=mlp test.accuracy >= 0.9      the mean over the jobs it picks (seeds)
 
 The baseline `pca(K)`: the test reconstruction error (mean squared, per input value, in the
 input's own scale) of PCA with K components fitted on the job's training split.
@@ -34,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -205,11 +207,13 @@ def check(
     """Each expectation with the value found and whether it holds."""
     checked = []
     for expect in recipe.expects:
-        picked = [s for overrides, s in results if expect.job is None or expect.job in overrides]
-        if len(picked) != 1:
+        job, mean = expect.job, bool(expect.job and expect.job.startswith("mean:"))
+        job = job[len("mean:") :] if mean else job
+        picked = [s for overrides, s in results if job is None or job in overrides]
+        if len(picked) != 1 and not (mean and picked):
             checked.append((expect, None, False))
             continue
-        value = lookup(picked[0], expect.key)
+        value = float(np.mean([lookup(s, expect.key) for s in picked]))
         checked.append((expect, value, OPS[expect.op](value, expect.bound(picked[0]))))
     return checked
 

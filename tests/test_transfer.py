@@ -1,5 +1,5 @@
 """Transfer learning: a run starts from another run's weights (model.init_from), matched by name
-or layer by layer, its head kept for the classes both have; data.classes and
+or layer by layer, its head kept for the classes both have; data.keep_classes and
 data.train_per_class for related tasks and few labels."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_the_head_keeps_the_rows_of_shared_classes_and_the_body_is_copied(source
     from dlrun.use import Trained
 
     before = Trained(source)
-    net, prep, line = started(*SMALL, f"model.init_from={source}", "data.classes=[3,5,7]")
+    net, prep, line = started(*SMALL, f"model.init_from={source}", "data.keep_classes=[3,5,7]")
     x = prep.splits["test"][0]  # normalized by the source run's statistics: its own inputs
     assert prep.spec.class_names == ("3", "5", "7")
     old = logits(before.model.cpu().eval(), x)
@@ -58,8 +58,8 @@ def test_the_head_keeps_the_rows_of_shared_classes_and_the_body_is_copied(source
 def test_a_head_with_no_class_in_common_is_reinitialised_and_nothing_else(tmp_path):
     from dlrun.checkpoints import load_checkpoint
 
-    _, source = train(tmp_path, *SMALL, "data.classes=[0,1,2,3,4]")
-    net, _, line = started(*SMALL, f"model.init_from={source}", "data.classes=[5,6,7,8,9]")
+    _, source = train(tmp_path, *SMALL, "data.keep_classes=[0,1,2,3,4]")
+    net, _, line = started(*SMALL, f"model.init_from={source}", "data.keep_classes=[5,6,7,8,9]")
     saved = load_checkpoint(source / "checkpoints" / "best.pt")["model"]
     now = net.state_dict()
     assert "re-initialised: 4.bias, 4.weight (5 classes -> 5, none in common)" in line
@@ -146,14 +146,14 @@ def test_classes_and_labels_per_class_keep_the_full_splits_rows():
         return build_data(validate(make_cfg(*overrides)).data)
 
     full = data()
-    few = data("data.classes=[5,6,7,8,9]", "data.train_per_class=10")
+    few = data("data.keep_classes=[5,6,7,8,9]", "data.train_per_class=10")
     assert few.spec.class_names == ("5", "6", "7", "8", "9") and few.spec.num_classes == 5
     assert np.bincount(few.y_train).tolist() == [10] * 5
     # validation and test keep every row of the kept classes, the rows the full split has
     kept = np.isin(full.y_test, [5, 6, 7, 8, 9])
     assert np.array_equal(few.y_test, full.y_test[kept] - 5)
     assert len(few.y_val) == np.isin(full.y_val, [5, 6, 7, 8, 9]).sum()
-    with pytest.raises(UserError, match=r"data.classes: 'eleven' is not a class of 'digits'"):
-        data("data.classes=[1,eleven]")
+    with pytest.raises(UserError, match=r"data.keep_classes: 'eleven' is not a class of 'digits'"):
+        data("data.keep_classes=[1,eleven]")
     with pytest.raises(UserError, match=r"data.train_per_class: 'diabetes' is a regression"):
         data("data=diabetes", "data.train_per_class=3")

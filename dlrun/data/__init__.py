@@ -354,14 +354,14 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def select_rows(raw: RawData, parts: tuple, cfg) -> tuple[RawData, tuple]:
-    """`data.classes`: only those classes' rows, renumbered in the order given (the split is
+    """`data.keep_classes`: only those classes' rows, renumbered in the order given (the split is
     the full data's, so a row is in the same part whichever classes are kept).
     `data.train_per_class`: only that many training rows per class, drawn with the split's
     seed; validation and test keep all theirs."""
-    keep = getattr(cfg, "classes", None)
+    keep = getattr(cfg, "keep_classes", None)
     per_class = getattr(cfg, "train_per_class", None)
     if (keep or per_class) and raw.spec.task != "classification":
-        key = "data.classes" if keep else "data.train_per_class"
+        key = "data.keep_classes" if keep else "data.train_per_class"
         raise UserError(f"{key}: '{raw.spec.name}' is a regression dataset; it has no classes.")
     if keep:
         names = tuple(raw.spec.class_names or map(str, range(raw.spec.num_classes)))
@@ -376,12 +376,12 @@ def select_rows(raw: RawData, parts: tuple, cfg) -> tuple[RawData, tuple]:
                 codes.append(given)
             else:
                 raise UserError(
-                    f"data.classes: '{given}' is not a class of '{raw.spec.name}'. Its classes: "
+                    f"data.keep_classes: '{given}' is not a class of '{raw.spec.name}'. Its classes: "
                     f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''}."
                 )
         if len(set(codes)) != len(codes) or len(codes) < 2:
             raise UserError(
-                f"data.classes must list at least 2 different classes. Got {list(keep)}."
+                f"data.keep_classes must list at least 2 different classes. Got {list(keep)}."
             )
         recode = np.full(len(names), -1, dtype=np.int64)
         recode[codes] = np.arange(len(codes))
