@@ -97,6 +97,10 @@ class OptimConfig:
     name: str = MISSING
     lr: float = setting(1e-3, lo=0, lo_open=True)
     weight_decay: float = setting(0.0, lo=0)
+    # Per-layer learning rates (dlrun.params): the head learns at lr * head_lr_mult, the k-th
+    # layer below it at lr * layer_decay**k (null: every layer at lr).
+    head_lr_mult: float = setting(1.0, lo=0, lo_open=True)
+    layer_decay: Optional[float] = setting(None, lo=0, hi=1, lo_open=True)
 
 
 @dataclass
@@ -148,6 +152,44 @@ class TrainerConfig:
     data_placement: str = setting("auto", choices=("auto", "device", "stream"))
     workers: int = setting(2, lo=0)  # DataLoader worker processes when streaming
     seed: int = setting(II("seed"), **SEED)  # weights, dropout and batch order
+    # Transfer learning (dlrun.params): parameters to freeze (name patterns, or body: all but
+    # the head), whether frozen batch norms keep their statistics (eval) or update them
+    # (train), and the epoch from which the frozen parameters train too (null: never).
+    freeze: Any = field(default_factory=list)
+    freeze_bn: str = setting("eval", choices=("eval", "train"))
+    unfreeze_at_epoch: Optional[int] = setting(None, lo=2)
+
+    def problems(self) -> list[str]:
+        """Checks beyond single fields (called by dlrun.validate)."""
+        freeze = self.freeze
+        if not (
+            isinstance(freeze, str)
+            or (isinstance(freeze, list) and all(isinstance(p, str) for p in freeze))
+        ):
+            return [
+                "trainer.freeze must be a list of parameter-name patterns (or body). "
+                f"Got {freeze!r}."
+            ]
+        problems = []
+        at = self.unfreeze_at_epoch
+        if at is None:
+            return problems
+        if not freeze:
+            problems.append(
+                f"trainer.unfreeze_at_epoch={at} needs trainer.freeze: nothing is frozen."
+            )
+        if isinstance(at, int) and at > self.max_epochs:
+            problems.append(
+                f"trainer.unfreeze_at_epoch must be at most trainer.max_epochs ({self.max_epochs})."
+                f" Got {at}."
+            )
+        if self.devices > 1:
+            problems.append(
+                "trainer.unfreeze_at_epoch cannot be used with trainer.devices > 1: "
+                "DistributedDataParallel fixes the trained parameters when it starts. Use "
+                "trainer.devices=1, or freeze without unfreezing."
+            )
+        return problems
 
 
 @dataclass

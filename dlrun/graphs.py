@@ -54,6 +54,8 @@ def graph_plan(conf, device, world: int, net, streaming: bool = False) -> tuple[
         reasons.append(f"optim={conf.optim.name} keeps its state on the host")
     if conf.sched.name == "onecycle":
         reasons.append("sched=onecycle changes the momentum every step")
+    if tcfg.unfreeze_at_epoch is not None:
+        reasons.append("trainer.unfreeze_at_epoch changes what trains during the run")
     if not getattr(net, "static_graph", True):
         reasons.append(f"{type(net).__name__} has data-dependent control flow")
     if reasons:

@@ -59,14 +59,22 @@ class Monitor:
         for name, module in self.net.named_modules():
             if isinstance(module, nn.ReLU):
                 self.relus[name] = module
-        self.layers = {  # the trained layers (frozen ones have no gradient to measure)
+        self.x_probe = self.batch["x"]
+        self.follow_layers()
+
+    def follow_layers(self) -> None:
+        """Measure the layers that train now (frozen ones have no gradient to measure); called
+        again when frozen layers start training (trainer.unfreeze_at_epoch), before the epoch."""
+        from torch import nn
+
+        self.layers = {
             n: m.weight
             for n, m in self.net.named_modules()
             if isinstance(getattr(m, "weight", None), nn.Parameter)
             and m.weight.ndim > 1
             and m.weight.requires_grad
         }
-        self.x_probe = self.batch["x"]
+        self._before, self._replay = {}, None  # new copies; a probe graph captured anew
         self.snapshot()
 
     def snapshot(self) -> None:
@@ -101,7 +109,7 @@ class Monitor:
 
         values: dict[str, object] = {}  # name -> 0-d device tensor
         handles = [m.register_forward_hook(self._dead_hook(n)) for n, m in self.relus.items()]
-        was_training = self.net.training
+        modes = [(m, m.training) for m in self.net.modules()]  # frozen batch norms: eval
         self.net.eval()
         # cuDNN's RNN kernels have no backward in eval mode. A recurrent layer without dropout
         # computes the same in train mode, so it runs there; one with dropout runs natively.
@@ -123,7 +131,8 @@ class Monitor:
         finally:
             for h in handles:
                 h.remove()
-            self.net.train(was_training)
+            for m, training in modes:
+                m.training = training
         if sequence:
             per_step = grads[0].detach().flatten(2).norm(dim=2).mean(dim=0)  # (T,)
             quarter = max(len(per_step) // 4, 1)

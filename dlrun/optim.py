@@ -173,6 +173,9 @@ SCHED_INTERVAL = {
 def build_scheduler(
     cfg: SchedConfig, optimizer, *, max_epochs: int, steps_per_epoch: int, mode: str
 ):
+    """The scheduler `cfg` names, on every parameter group of `optimizer`: a group with a
+    per-layer rate (its `lr_scale`, dlrun.params) keeps that scale through the schedule,
+    onecycle's max_lr and plateau's min_lr included (cosine's eta_min is one floor for all)."""
     from torch.optim import lr_scheduler
 
     if cfg.name == "none":
@@ -183,8 +186,11 @@ def build_scheduler(
         return lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=cfg.t_max or max_epochs, eta_min=cfg.eta_min
         )
+    groups = optimizer.param_groups
     if cfg.name == "onecycle":
-        max_lr = cfg.max_lr or 10 * optimizer.param_groups[0]["lr"]
+        max_lr = [
+            cfg.max_lr * g.get("lr_scale", 1.0) if cfg.max_lr else 10 * g["lr"] for g in groups
+        ]
         return lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=max_lr,
@@ -193,8 +199,9 @@ def build_scheduler(
             pct_start=cfg.pct_start,
             anneal_strategy=cfg.anneal_strategy,
         )
+    min_lr = [cfg.min_lr * g.get("lr_scale", 1.0) for g in groups]
     return lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
+        optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience, min_lr=min_lr
     )
 
 

@@ -554,6 +554,7 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
     import torch
 
     from dlrun.objectives import objective_for
+    from dlrun.params import freeze
     from dlrun.report import epoch_progress
     from dlrun.training import fit_torch
 
@@ -570,8 +571,16 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
 
         log.info("%s", load_into(model, prep.init, prep.spec))
     objective = objective_for(conf, prep, device, run_dir)
+    frozen = freeze(model, conf.trainer, objective)  # trainer.freeze (the loop applies it too)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s trainable parameters on %s", f"{params:,}", device)
+    if frozen.params:
+        log.info(
+            "%s parameters frozen (trainer.freeze=%s)%s",
+            f"{sum(p.numel() for p in frozen.params):,}",
+            conf.trainer.freeze,
+            f" until epoch {frozen.unfreeze_at}" if frozen.unfreeze_at else "",
+        )
     untrained = None
     if getattr(objective, "measure_untrained", False):  # where training starts from
         x_val = torch.as_tensor(prep.splits["val"][0], device=device)

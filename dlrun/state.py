@@ -4,10 +4,13 @@ scaler, early stopping, every random generator, and the training time."""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("dlrun")
 
 
 @dataclass
@@ -39,25 +42,32 @@ class TrainState:
     """Optimizers and schedulers by phase name, the scaler, early stopping, the batch-order
     generator; `state_dict()` for a checkpoint and `load()` to resume from one."""
 
-    def __init__(self, net, objective, conf, device, steps_per_epoch: int, graphed: bool):
+    def __init__(
+        self, net, objective, conf, device, steps_per_epoch: int, graphed: bool, frozen=None
+    ):
         import torch
 
         from dlrun.graphs import optimizer_options, tensor_lr
         from dlrun.optim import SCHED_INTERVAL, build_optimizer, build_scheduler
+        from dlrun.params import Frozen, param_groups
 
         tcfg = conf.trainer
         self.device, self.graphed = device, graphed
+        self.frozen = frozen or Frozen()
+        later = {id(p) for p in self.frozen.params} if self.frozen.unfreeze_at else set()
         stopping = tcfg.early_stopping
         self.stopper = EarlyStopping(stopping.mode, stopping.patience, stopping.min_delta)
         self.params, self.optimizers, self.schedulers, self.lr_tensors = {}, {}, {}, {}
+        self.waiting = {}  # phase -> {group index: the parameters it gets when they unfreeze}
         for phase in objective.phases:
             if phase.name in self.optimizers:  # a phase run several times a step (d_steps)
                 continue
             module = net if phase.module is None else getattr(net, phase.module)
-            params = [p for p in module.parameters() if p.requires_grad]
             optim = objective.optim_config(phase.name, conf.optim)
+            groups, self.waiting[phase.name] = param_groups(module, optim, later)
+            params = [p for group in groups for p in group["params"]]
             optimizer = build_optimizer(
-                optim, params, device.type, **optimizer_options(conf, graphed)
+                optim, groups, device.type, **optimizer_options(conf, graphed)
             )
             if graphed and conf.sched.name != "none":  # a scheduler's rates reach the graphs
                 self.lr_tensors[phase.name] = tensor_lr(optimizer, device)
@@ -75,8 +85,29 @@ class TrainState:
         self.train_time = 0.0
 
     def lr(self) -> float:
-        """The learning rate the first phase starts the epoch with (for the records)."""
-        return float(next(iter(self.optimizers.values())).param_groups[0]["lr"])
+        """The learning rate the first phase starts the epoch with (for the records): its
+        optim.lr as scheduled, before any per-layer scale."""
+        group = next(iter(self.optimizers.values())).param_groups[0]
+        return float(group["lr"]) / group.get("lr_scale", 1.0)
+
+    def start_epoch(self, epoch: int) -> bool:
+        """At trainer.unfreeze_at_epoch the frozen parameters join their optimizers; True then."""
+        if epoch != self.frozen.unfreeze_at:
+            return False
+        self.unfreeze()
+        log.info("epoch %d: the frozen parameters train from now on", epoch)
+        return True
+
+    def unfreeze(self) -> None:
+        """The frozen parameters train: each fills its waiting (empty) parameter group, which
+        the scheduler has shaped from the start; the others' optimizer state stays as it is."""
+        self.frozen.release()
+        for name, waiting in self.waiting.items():
+            groups = self.optimizers[name].param_groups
+            for index, params in waiting.items():
+                groups[index]["params"] = params
+                self.params[name].extend(params)
+            waiting.clear()
 
     def after_step(self) -> None:
         if self.interval == "batch":
@@ -119,6 +150,8 @@ class TrainState:
         and one scheduler: the main phase's)."""
         from dlrun.graphs import tensor_lr
 
+        if self.frozen.unfreeze_at is not None and saved["epoch"] >= self.frozen.unfreeze_at:
+            self.unfreeze()  # the optimizers had these groups filled when they were saved
         optimizers = saved.get("optimizers") or {"main": saved["optimizer"]}
         schedulers = saved.get("schedulers") or {"main": saved.get("scheduler")}
         for name, optimizer in self.optimizers.items():

@@ -149,6 +149,7 @@ def fit_torch(
     from dlrun import distributed
     from dlrun.batches import TrainBatches
     from dlrun.objectives import supervised_objective
+    from dlrun.params import freeze
 
     tcfg = conf.trainer
     objective = objective or supervised_objective(conf, spec, splits["train"][1])
@@ -161,11 +162,21 @@ def fit_torch(
             f"trainer.devices: {conf.model.name} trains in several phases (one optimizer each), "
             "which DistributedDataParallel does not support yet. Use trainer.devices=1."
         )
+    if world > 1 and tcfg.unfreeze_at_epoch is not None:  # started by torchrun itself
+        from dlrun.errors import ConfigError
+
+        raise ConfigError(
+            "trainer.unfreeze_at_epoch cannot be used with DistributedDataParallel, which fixes "
+            "the trained parameters when it starts. Train in one process, or do not unfreeze."
+        )
+    frozen = freeze(model, tcfg, objective)  # before DDP, which registers what trains
     net, model, channels_last = place(model, tcfg, device, world)
     batches = TrainBatches(
         splits, data, takes, device, tcfg, world, distributed.rank() if world > 1 else 0
     )
-    state, steps = plan_steps(net, model, objective, conf, device, world, batches, channels_last)
+    state, steps = plan_steps(
+        net, model, objective, conf, device, world, batches, channels_last, frozen
+    )
     x_val, y_val = _as_device(splits["val"][0], device), splits["val"][1]
     val_lengths = None if batches.lengths is None else _as_device(data.lengths["val"], device)
     history, start = [], 1
@@ -180,7 +191,9 @@ def fit_torch(
     with GracefulStop() as stop, Records(run_dir, main) as records:
         for epoch in range(start, tcfg.max_epochs + 1):
             t_epoch = time.perf_counter()
-            model.train()
+            if state.start_epoch(epoch) and health is not None:  # trainer.unfreeze_at_epoch
+                health.follow_layers()  # the unfrozen layers are measured too
+            state.frozen.train_mode(model)  # frozen batch norms stay in eval mode
             lr = state.lr()  # the rate this epoch starts with
             done = steps.run_epoch(batches.order(state.shuffle), stop)
             if done < batches.steps:  # stopped inside the epoch: last.pt keeps the one before
@@ -250,9 +263,9 @@ def place(model, tcfg, device, world: int):
     return net, model, channels_last
 
 
-def plan_steps(net, model, objective, conf, device, world, batches, channels_last):
+def plan_steps(net, model, objective, conf, device, world, batches, channels_last, frozen=None):
     """Whether steps are captured as CUDA graphs (the log says why not), the optimizers and
-    schedulers of the objective's phases, and the step itself."""
+    schedulers of the objective's phases (without the `frozen` parameters), and the step."""
     from dlrun.graphs import graph_plan
     from dlrun.state import TrainState
     from dlrun.step import Steps
@@ -260,7 +273,7 @@ def plan_steps(net, model, objective, conf, device, world, batches, channels_las
     graphed, why_not = graph_plan(conf, device, world, net, batches.streaming)
     if why_not is not None:
         log.info("CUDA graphs off: %s", why_not)
-    state = TrainState(net, objective, conf, device, batches.steps, graphed)
+    state = TrainState(net, objective, conf, device, batches.steps, graphed, frozen)
     return state, Steps(model, objective, state, batches, conf, device, world, channels_last)
 
 

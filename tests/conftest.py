@@ -78,6 +78,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def resumes_exactly(tmp_path, monkeypatch, args, full: dict, full_dir, cut: int = 2) -> None:
+    """Stopped after epoch `cut` (into tmp_path/cut) and resumed, the run ends with the
+    uninterrupted run's records and test metrics."""
+    from dlrun.errors import Interrupted
+
+    with sigint_after_epoch(monkeypatch, cut), pytest.raises(Interrupted):
+        train(tmp_path, *args, name="cut")
+    resumed, _ = train(tmp_path, *args, f"trainer.resume={tmp_path / 'cut'}", name="again")
+    times = ("train_time_s", "epoch_time_s", "health/probe_time_s")
+    strip = [{k: v for k, v in r.items() if k not in times} for r in read_metrics(tmp_path / "cut")]
+    assert strip == [{k: v for k, v in r.items() if k not in times} for r in read_metrics(full_dir)]
+    assert resumed["test"] == full["test"]
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads():
     """Two cores here: keep torch from oversubscribing them (one thread per xdist worker)."""

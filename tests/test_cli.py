@@ -48,8 +48,8 @@ def dlrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         ),
         (
             "optim.lrr=0.1",
-            "dlrun: optim.lrr is not a setting of optim. Known keys: amsgrad, betas, eps, lr, name, "
-            "weight_decay. Did you mean 'lr'?\n",
+            "dlrun: optim.lrr is not a setting of optim. Known keys: amsgrad, betas, eps, "
+            "head_lr_mult, layer_decay, lr, name, weight_decay. Did you mean 'lr'?\n",
         ),
         (
             "trainer.device=gpu",

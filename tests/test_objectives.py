@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import read_metrics, sigint_after_epoch, train
-from dlrun.errors import ConfigError, Interrupted
+from conftest import read_metrics, resumes_exactly, train
+from dlrun.errors import ConfigError
 
 
 class Identity(torch.nn.Module):
@@ -141,17 +141,6 @@ def test_vae_reports_its_bound_draws_samples_and_resumes_exactly(tmp_path, monke
     with Image.open(full_dir / "samples.png") as image:
         assert image.size[0] >= 500 and len(np.unique(np.asarray(image.convert("L")))) > 20
     resumes_exactly(tmp_path, monkeypatch, args, full, full_dir)
-
-
-def resumes_exactly(tmp_path, monkeypatch, args, full: dict, full_dir) -> None:
-    """Stopped after epoch 2 and resumed, the run ends with the uninterrupted run's records."""
-    with sigint_after_epoch(monkeypatch, 2), pytest.raises(Interrupted):
-        train(tmp_path, *args, name="cut")
-    resumed, _ = train(tmp_path, *args, f"trainer.resume={tmp_path / 'cut'}", name="again")
-    times = ("train_time_s", "epoch_time_s", "health/probe_time_s")
-    strip = [{k: v for k, v in r.items() if k not in times} for r in read_metrics(tmp_path / "cut")]
-    assert strip == [{k: v for k, v in r.items() if k not in times} for r in read_metrics(full_dir)]
-    assert resumed["test"] == full["test"]
 
 
 def test_eval_and_predict_of_an_autoencoder(tmp_path):

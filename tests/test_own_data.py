@@ -389,8 +389,7 @@ def test_every_sequence_model_reads_every_door(tmp_path, doors, door, model):
 
 
 def test_a_text_run_resumes_exactly_with_its_saved_tokenizer(tmp_path, monkeypatch):
-    from conftest import read_metrics, sigint_after_epoch
-    from dlrun.errors import Interrupted
+    from conftest import resumes_exactly
 
     word_order(n=300).to_csv(tmp_path / "text.csv", index=False)
     args = (
@@ -401,13 +400,7 @@ def test_a_text_run_resumes_exactly_with_its_saved_tokenizer(tmp_path, monkeypat
         "trainer.max_epochs=4",
     )
     full, full_dir = train(tmp_path, *args, name="full")
-    with sigint_after_epoch(monkeypatch, 2), pytest.raises(Interrupted):
-        train(tmp_path, *args, name="cut")
-    resumed, _ = train(tmp_path, *args, f"trainer.resume={tmp_path / 'cut'}", name="again")
-    times = ("train_time_s", "epoch_time_s", "health/probe_time_s")
-    cut = [{k: v for k, v in r.items() if k not in times} for r in read_metrics(tmp_path / "cut")]
-    assert cut == [{k: v for k, v in r.items() if k not in times} for r in read_metrics(full_dir)]
-    assert resumed["test"] == full["test"]
+    resumes_exactly(tmp_path, monkeypatch, args, full, full_dir)
     frame = pd.read_csv(tmp_path / "text.csv")
     frame.loc[0, "text"] = "changed after training"
     frame.to_csv(tmp_path / "text.csv", index=False)
