@@ -13,6 +13,7 @@ A recipe is a primary config whose header says how to run it and what it reaches
     # expect: test.recon_mse < 0.5*test.noisy_mse      ... or [factor*]another key of the job
     # expect: test.recon_mse < pca(16)                 ... or a baseline on the job's own split
     # expect: mean:model=mlp test.accuracy >= 0.9      the mean over the jobs it picks (seeds)
+    # expect: model=mlp&optim=sgd test.accuracy > 0.9  a job picked by several overrides
 
 The baseline `pca(K)`: the test reconstruction error (mean squared, per input value, in the
 input's own scale) of PCA with K components fitted on the job's training split.
@@ -209,7 +210,8 @@ def check(
     for expect in recipe.expects:
         job, mean = expect.job, bool(expect.job and expect.job.startswith("mean:"))
         job = job[len("mean:") :] if mean else job
-        picked = [s for overrides, s in results if job is None or job in overrides]
+        wanted = [] if job is None else job.split("&")  # every one of these overrides
+        picked = [s for overrides, s in results if all(w in overrides for w in wanted)]
         if len(picked) != 1 and not (mean and picked):
             checked.append((expect, None, False))
             continue

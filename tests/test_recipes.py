@@ -64,7 +64,9 @@ def test_a_recipe_without_its_files_is_skipped_naming_them(tmp_path, monkeypatch
 # The model zoo (eight models, ~2 minutes even shrunken) runs in full in the slow suite
 # (tests/test_slow.py::test_model_zoo_on_digits), so here it is slow too; DCGAN on MNIST runs the
 # same code as DCGAN on digits, on MNIST files the slow suite writes.
-SLOW = {"model_zoo_digits", "dcgan_mnist"}
+# The transfer recipes run a source run and then a sweep of 6 or 12 jobs: slow, and their
+# machinery (before runs, mean: and & selectors) is checked below on its own.
+SLOW = {"model_zoo_digits", "dcgan_mnist", "few_labels_autoencoder", "related_task_digits"}
 
 
 @pytest.mark.parametrize(
@@ -97,3 +99,55 @@ def test_expectations_are_checked():
         (["model=rnn"], {"test": {"accuracy": 0.6}}),
     ]
     assert [ok for _, _, ok in recipes.check(recipe, results)] == [False, True]
+
+
+def test_earlier_runs_are_named_in_the_run_and_expect_lines():
+    recipe = recipes.parse(ROOT / "recipes" / "related_task_digits.yaml")
+    ((name, args),) = recipe.before
+    assert name == "source" and args[0] == "data.keep_classes=[0,1,2,3,4]"
+    assert "model.init_from={source},null" in recipe.args
+    assert recipe.expects[0].job == "mean:model.init_from={source}&trainer.freeze=[]"
+
+
+def test_mean_and_several_override_selectors():
+    recipe = recipes.Recipe(
+        "r",
+        ROOT / "recipes" / "r.yaml",
+        ["-m"],
+        expects=[
+            recipes.Expect("mean:a=1&b=x", "test.accuracy", ">=", 0.7),
+            recipes.Expect("mean:a=1", "test.accuracy", ">=", 0.7),
+            recipes.Expect("a=1", "test.accuracy", ">=", 0.0),  # two jobs: which one?
+        ],
+    )
+    results = [
+        (["a=1", "b=x", "seed=0"], {"test": {"accuracy": 0.6}}),
+        (["a=1", "b=x", "seed=1"], {"test": {"accuracy": 0.9}}),
+        (["a=1", "b=y", "seed=0"], {"test": {"accuracy": 0.1}}),
+    ]
+    checked = recipes.check(recipe, results)
+    assert [round(found, 6) if found is not None else None for _, found, _ in checked] == [
+        0.75,
+        round(1.6 / 3, 6),
+        None,
+    ]
+    assert [ok for _, _, ok in checked] == [True, False, False]
+
+
+def test_a_before_run_is_made_first_and_named_by_its_folder(tmp_path):
+    path = tmp_path / "chain.yaml"
+    path.write_text(
+        "# a run that starts from an earlier one\n"
+        "# before: first dlrun data=iris trainer.max_epochs=1\n"
+        "# run: dlrun -cd recipes -cn chain model.init_from={first}\n"
+        "# shrink: trainer.max_epochs=1\n"
+        "# expect: test.accuracy >= 0\n"
+        "defaults:\n  - train\n  - override data: iris\n  - _self_\n"
+    )
+    recipe = recipes.parse(path)
+    results = recipes.run(recipe, tmp_path / "out", shrink=True, cwd=tmp_path)
+    first = tmp_path / "out-first"
+    assert (first / "checkpoints" / "best.pt").is_file()
+    ((overrides, summary),) = results
+    assert summary["status"] == "completed" and "model.init_from={first}" in overrides
+    assert f"started from {first.resolve()}" in (tmp_path / "out" / "train.log").read_text()
