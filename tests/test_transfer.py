@@ -157,3 +157,25 @@ def test_classes_and_labels_per_class_keep_the_full_splits_rows():
         data("data.keep_classes=[1,eleven]")
     with pytest.raises(UserError, match=r"data.train_per_class: 'diabetes' is a regression"):
         data("data=diabetes", "data.train_per_class=3")
+
+
+def test_a_text_run_starts_another_with_its_own_tokenizer(tmp_path):
+    """A sequence model on text: the new run reads its texts with the tokenizer the weights
+    learned from (token ids mean the same words), and starts from the same outputs."""
+    from test_own_data import TEXT, word_order
+
+    from dlrun.use import Trained
+
+    word_order(n=240).to_csv(tmp_path / "text.csv", index=False)
+    args = (*TEXT, f"data.path={tmp_path / 'text.csv'}", "model=gru", "model.hidden_size=16")
+    _, source = train(tmp_path, *args, "trainer.max_epochs=1")
+    word_order(n=200, seed=1).to_csv(tmp_path / "more.csv", index=False)  # other texts
+    more = (*TEXT, f"data.path={tmp_path / 'more.csv'}", "model=gru", "model.hidden_size=16")
+    net, prep, line = started(*more, f"model.init_from={source}")
+    assert "re-initialised" not in line
+    before = Trained(source)
+    assert prep.data.encoder.tokenizer_.to_str() == before.data.encoder.tokenizer_.to_str()
+    x = torch.as_tensor(prep.splits["test"][0])
+    lengths = torch.as_tensor(prep.data.lengths["test"])
+    with torch.no_grad():
+        assert torch.allclose(net(x, lengths), before.model.cpu().eval()(x, lengths), atol=1e-6)
