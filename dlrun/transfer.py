@@ -220,7 +220,7 @@ def load_into(net, source: Source, spec) -> str:
         new[key] = torch.zeros_like(target[key])
     with torch.no_grad():
         inner.load_state_dict(new)
-    loaded = len(pairs) - len(reinit)
+    loaded = sum(k not in reinit for k in pairs)
     line = (
         f"started from {source.checkpoint} ({source.model}"
         f"{', its ' + source.part if source.part else ''}): {loaded} of {len(target)} tensors"
