@@ -232,7 +232,7 @@ def test_added_keys_are_checked_against_the_schema(tmp_path):
     fails_with_problems(
         cli("+trainer.clip.maxnorm=1", "+model.widht=3", "optim.lr=0", cwd=tmp_path),
         "model.widht is not a setting of model. Known keys: activation, batch_norm, dropout, "
-        "hidden_sizes, init, name.",
+        "hidden_sizes, init, init_from, init_part, name.",
         "trainer.clip.maxnorm is not a setting of trainer.clip. Known keys: max_norm, value. "
         "Did you mean 'max_norm'?",
         "optim.lr must be a float in the range (0, inf). Got 0.0.",

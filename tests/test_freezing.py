@@ -31,8 +31,8 @@ def initial(monkeypatch):
 
     build, kept = dlrun.runner.build_network, {}
 
-    def keep(prep, conf):
-        net = build(prep, conf)
+    def keep(prep, conf, **options):
+        net = build(prep, conf, **options)
         kept.update({k: v.clone() for k, v in net.state_dict().items()})
         return net
 
