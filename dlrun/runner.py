@@ -55,6 +55,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
         prep = prepare(conf, fitted)  # resolves the `auto` settings
         if resume is None:  # model.init_from: a start from trained weights (not on resume)
             prep = start_from(conf, prep)
+        check_freeze(conf, prep)
         if resume is not None:
             check_same_experiment(resume.get("config", {}), conf, path)
             check_unchanged(run_dir, prep, conf)
@@ -406,6 +407,15 @@ def start_from(conf, prep: Prepared) -> Prepared:
     if before is not None and (before.encoder is not None or before.norm is not None):
         prep = prepare(conf, before)
     return dataclasses.replace(prep, init=source)
+
+
+def check_freeze(conf, prep: Prepared) -> None:
+    """trainer.freeze's patterns checked on the network as built, before the run folder holds
+    anything (a pattern that matches nothing is a ConfigError, and the folder is discarded)."""
+    from dlrun.params import freeze, patterns_of
+
+    if prep.entry.family == "torch" and patterns_of(conf.trainer.freeze):
+        freeze(build_network(prep, conf, start=False), conf.trainer)
 
 
 def saved_preprocessing(run_dir: Path):

@@ -326,6 +326,7 @@ def test_a_bad_pattern_exits_2_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "dlrun: trainer.freeze: 'features.*' matches no parameter" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+    assert not list(tmp_path.glob("outputs/train/*/*"))  # refused before its folder held anything
 
 
 def test_unfreezing_turns_cuda_graphs_off_with_a_reason():
