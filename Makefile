@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+# test processes (pytest-xdist): one per core; WORKERS=0 runs the tests in one process
+WORKERS ?= auto
 
 .PHONY: help install train test test-slow test-gpu recipes bench lint format clean
 
@@ -24,11 +26,11 @@ $(STAMP): pyproject.toml
 train: install ## Train the default experiment (extra overrides: make train ARGS="model=lenet5")
 	$(BIN)/dlrun $(ARGS)
 
-test: install ## Run the fast test suite (CPU, a few minutes)
-	$(BIN)/python -m pytest $(ARGS)
+test: install ## Run the fast test suite (CPU, a few minutes; one process per core)
+	$(BIN)/python -m pytest -n $(WORKERS) $(ARGS)
 
 test-slow: install ## Run the slow tests too
-	$(BIN)/python -m pytest -m "slow or not slow" $(ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) -m "slow or not slow" $(ARGS)
 
 test-gpu: install ## Run the tests that need a CUDA device (they skip without one)
 	$(BIN)/python -m pytest -m gpu $(ARGS)
