@@ -203,7 +203,8 @@ def dead_relu(history: list[dict], conf) -> Finding | None:
         f"(optim.lr={lr:g} with {activation or 'relu'})",
         since,
         "high" if dead[-1] >= 0.5 else "medium",
-        f"try optim.lr={lr / 10:g} or model.activation=leaky_relu",
+        f"try optim.lr={lr / 10:g}"
+        + (" or model.activation=leaky_relu" if hasattr(conf.model, "activation") else ""),
     )
 
 

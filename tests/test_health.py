@@ -93,3 +93,16 @@ def test_a_learning_rate_far_too_low_plateaus(tmp_path):
     assert (
         "the model is not learning; each epoch changes the weights by under" in finding["message"]
     )
+
+
+def test_dead_units_advice_names_only_settings_the_model_has():
+    from types import SimpleNamespace
+
+    from dlrun.health import dead_relu
+
+    history = [{"epoch": 1, "health/dead_relu_frac": 0.5, "health/dead_relu_frac/layer1": 0.5}]
+    optim = SimpleNamespace(lr=0.01)
+    mlp = SimpleNamespace(optim=optim, model=SimpleNamespace(activation="relu"))
+    resnet = SimpleNamespace(optim=optim, model=SimpleNamespace(weights="DEFAULT"))
+    assert dead_relu(history, mlp).advice == "try optim.lr=0.001 or model.activation=leaky_relu"
+    assert dead_relu(history, resnet).advice == "try optim.lr=0.001"
