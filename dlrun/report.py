@@ -71,6 +71,28 @@ def epoch_progress(max_epochs: int, monitor: str):
         yield on_epoch
 
 
+@contextlib.contextmanager
+def item_progress(what: str, total: int):
+    """A rich progress bar over `total` items (files read, rows encoded) while data loads;
+    yields `advance(n=1)`. The log then says how long it took."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    task = progress.add_task(what, total=total)
+    started = time.perf_counter()
+    with progress:
+        yield lambda n=1: progress.advance(task, n)
+    log.info("%s: %s in %.1f s", what, f"{total:,}", time.perf_counter() - started)
+
+
 def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table

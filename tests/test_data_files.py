@@ -246,10 +246,12 @@ def write_image_folder(root: Path) -> None:
     (root / ".ipynb_checkpoints").mkdir()  # a hidden folder is not a class
 
 
-def test_image_folder_loads_resizes_and_names_the_classes(tmp_path):
+def test_image_folder_loads_resizes_and_names_the_classes(tmp_path, caplog):
     root = tmp_path / "pets"
     write_image_folder(root)
-    raw = load("data=image_folder", f"data.root={root}", "data.image_size=16")
+    with caplog.at_level("INFO", logger="dlrun"):
+        raw = load("data=image_folder", f"data.root={root}", "data.image_size=16")
+    assert f"reading images from {root}: 12 in" in caplog.text  # and a bar while it reads
     assert raw.x.shape == (12, 3, 16, 16) and raw.x.dtype == np.uint8 and raw.pixel_max == 255
     assert raw.spec.class_names == ("cat", "dog", "fox") and raw.spec.shape == (3, 16, 16)
     assert list(raw.y) == [0] * 4 + [1] * 4 + [2] * 4

@@ -250,17 +250,21 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
             "needs at least two."
         )
 
+    from dlrun.report import item_progress
+
     size, mode = cfg.image_size, ("L" if cfg.grayscale else "RGB")
     x = np.empty((len(folders.samples), 1 if cfg.grayscale else 3, size, size), dtype=np.uint8)
-    for i, (path, _) in enumerate(folders.samples):
-        regular_file(path, "data.root", "an image file")  # a FIFO would block Image.open
-        try:
-            with Image.open(path) as image:
-                pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-        except (UnidentifiedImageError, OSError) as ex:
-            raise UserError(f"data.root: cannot read the image {path}: {ex}") from None
-        array = np.asarray(pixels, dtype=np.uint8)  # 8-bit: L or RGB
-        x[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    with item_progress(f"reading images from {root}", len(folders.samples)) as advance:
+        for i, (path, _) in enumerate(folders.samples):
+            regular_file(path, "data.root", "an image file")  # a FIFO would block Image.open
+            try:
+                with Image.open(path) as image:
+                    pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            except (UnidentifiedImageError, OSError) as ex:
+                raise UserError(f"data.root: cannot read the image {path}: {ex}") from None
+            array = np.asarray(pixels, dtype=np.uint8)  # 8-bit: L or RGB
+            x[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            advance()
     y = np.array([t for _, t in folders.samples], dtype=np.int64)
     classes = tuple(folders.classes)
     spec = DataSpec(
