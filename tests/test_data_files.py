@@ -608,3 +608,27 @@ def test_a_bad_split_column_is_refused(tmp_path):
     split_table().query("fold != 'test'").to_csv(path, index=False)
     with pytest.raises(UserError, match=r"^data\.split_column: column 'fold' has no 'test' rows;"):
         load(*common, "data.split_column=fold")
+
+
+def test_unreadable_images_are_all_named_then_refused_or_skipped(tmp_path, caplog):
+    root = tmp_path / "pets"
+    write_image_folder(root)
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (root / "fox" / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError) as refused:
+        load("data=image_folder", f"data.root={root}")
+    message = str(refused.value)
+    assert message.startswith(f"data.root: 2 of the 14 images in {root} cannot be read:")
+    assert (
+        str(root / "dog" / "broken.jpg") in message and str(root / "fox" / "empty.png") in message
+    )
+    assert message.endswith("or set data.on_bad_file=skip to train without them.")
+    with caplog.at_level("WARNING", logger="dlrun"):
+        raw = load("data=image_folder", f"data.root={root}", "data.on_bad_file=skip")
+    assert raw.x.shape[0] == 12 and list(raw.y) == [0] * 4 + [1] * 4 + [2] * 4
+    assert "2 unreadable images left out" in caplog.text and "broken.jpg" in caplog.text
+    for name in ("cat", "dog", "fox"):  # a class with nothing readable left
+        for image in (root / name).glob("*.png"):
+            image.write_bytes(b"")
+    with pytest.raises(UserError, match="the class folders cat, dog, fox in .* hold no readable"):
+        load("data=image_folder", f"data.root={root}", "data.on_bad_file=skip")

@@ -11,6 +11,7 @@ data.val_split.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from dlrun.data import DataSpec, RawData
 from dlrun.data.device import ImageDataConfig
 from dlrun.errors import UserError, regular_file
 from dlrun.registry import register_data
+
+log = logging.getLogger("dlrun")
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -209,6 +212,33 @@ class ImageFolderConfig(ImageDataConfig):
     root: str = MISSING  # root/<class>/<image>: one folder per class
     image_size: int = setting(32, lo=1)  # every image is resized to image_size x image_size
     grayscale: bool = False  # 1 channel instead of 3 (RGB)
+    # an image that cannot be read: error (the default: every such file listed, nothing runs)
+    # or skip (left out, every such file listed once in the log)
+    on_bad_file: str = setting("error", choices=("error", "skip"))
+
+
+def without_bad_files(x, y, bad: list, how: str, root: Path, classes: list):
+    """The images that could be read, when data.on_bad_file=skip (each unreadable one named in
+    the log); with error, one message naming them all."""
+    shown = "\n".join(f"  {path}: {why}" for _, path, why in bad[:10])
+    more = f"\n  and {len(bad) - 10} more" if len(bad) > 10 else ""
+    if how == "error":
+        raise UserError(
+            f"data.root: {len(bad)} of the {len(y)} images in {root} cannot be read:\n"
+            f"{shown}{more}\nFix or remove them, or set data.on_bad_file=skip to train without them."
+        )
+    log.warning(
+        "data.on_bad_file=skip: %d unreadable images left out:\n%s%s", len(bad), shown, more
+    )
+    keep = np.ones(len(y), dtype=bool)
+    keep[[row for row, _, _ in bad]] = False
+    x, y = x[keep], y[keep]
+    empty = [name for c, name in enumerate(classes) if not (y == c).any()]
+    if empty:
+        raise UserError(
+            f"data.root: the class folders {', '.join(empty)} in {root} hold no readable images."
+        )
+    return x, y
 
 
 @register_data("image_folder", schema=ImageFolderConfig)
@@ -254,18 +284,23 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
 
     size, mode = cfg.image_size, ("L" if cfg.grayscale else "RGB")
     x = np.empty((len(folders.samples), 1 if cfg.grayscale else 3, size, size), dtype=np.uint8)
+    bad = []  # (row, path, why): every unreadable file, found in one pass
     with item_progress(f"reading images from {root}", len(folders.samples)) as advance:
         for i, (path, _) in enumerate(folders.samples):
             regular_file(path, "data.root", "an image file")  # a FIFO would block Image.open
             try:
                 with Image.open(path) as image:
                     pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-            except (UnidentifiedImageError, OSError) as ex:
-                raise UserError(f"data.root: cannot read the image {path}: {ex}") from None
+            except (UnidentifiedImageError, OSError, ValueError) as ex:
+                bad.append((i, path, str(ex).splitlines()[0] if str(ex) else type(ex).__name__))
+                advance()
+                continue
             array = np.asarray(pixels, dtype=np.uint8)  # 8-bit: L or RGB
             x[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
             advance()
     y = np.array([t for _, t in folders.samples], dtype=np.int64)
+    if bad:
+        x, y = without_bad_files(x, y, bad, cfg.on_bad_file, root, folders.classes)
     classes = tuple(folders.classes)
     spec = DataSpec(
         name="image_folder",
