@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,9 @@ from dlrun.errors import UserError, regular_file
 from dlrun.registry import register_data
 
 log = logging.getLogger("dlrun")
+
+READ_THREADS = 8  # threads that decode an image folder (at most one per core)
+READ_CHUNK = 64  # images per task
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -285,19 +289,32 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
     size, mode = cfg.image_size, ("L" if cfg.grayscale else "RGB")
     x = np.empty((len(folders.samples), 1 if cfg.grayscale else 3, size, size), dtype=np.uint8)
     bad = []  # (row, path, why): every unreadable file, found in one pass
-    with item_progress(f"reading images from {root}", len(folders.samples)) as advance:
-        for i, (path, _) in enumerate(folders.samples):
+
+    def read(rows: range) -> int:
+        """Decode and resize the images of `rows` into x (Pillow lets other threads run while
+        it decodes and resizes, so a few threads read in parallel)."""
+        for i in rows:
+            path = folders.samples[i][0]
             regular_file(path, "data.root", "an image file")  # a FIFO would block Image.open
             try:
                 with Image.open(path) as image:
                     pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
             except (UnidentifiedImageError, OSError, ValueError) as ex:
                 bad.append((i, path, str(ex).splitlines()[0] if str(ex) else type(ex).__name__))
-                advance()
                 continue
             array = np.asarray(pixels, dtype=np.uint8)  # 8-bit: L or RGB
             x[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-            advance()
+        return len(rows)
+
+    total = len(folders.samples)
+    chunks = [range(i, min(i + READ_CHUNK, total)) for i in range(0, total, READ_CHUNK)]
+    with (
+        item_progress(f"reading images from {root}", total) as advance,
+        ThreadPoolExecutor(max_workers=min(READ_THREADS, os.cpu_count() or 1)) as pool,
+    ):
+        for done in pool.map(read, chunks):  # in order: the first error is the first file's
+            advance(done)
+    bad.sort()
     y = np.array([t for _, t in folders.samples], dtype=np.int64)
     if bad:
         x, y = without_bad_files(x, y, bad, cfg.on_bad_file, root, folders.classes)
