@@ -101,3 +101,17 @@ def _quiet_threads():
 
     torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test marked `gpu` is skipped where there is no CUDA device (`make test-gpu` passes
+    on a laptop), whether or not it says so itself."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in gpu:
+            item.add_marker(skip)
