@@ -93,21 +93,28 @@ def item_progress(what: str, total: int):
     log.info("%s: %s in %.1f s", what, f"{total:,}", time.perf_counter() - started)
 
 
-def print_summary(summary: dict) -> None:
-    from rich.console import Console
+def metrics_table(title: str, val: dict, test: dict):
+    """The table a run ends with: each metric on validation and test."""
     from rich.table import Table
 
-    table = Table(
-        title=f"{summary['model']} on {summary['data']}: best epoch {summary['best_epoch']}"
-        f" of {summary['epochs_run']}"
-    )
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("val", justify="right")
     table.add_column("test", justify="right")
-    for name in summary["test"]:
-        table.add_row(name, f"{summary['val'][name]:.4f}", f"{summary['test'][name]:.4f}")
+    for name in test:
+        table.add_row(name, f"{val[name]:.4f}", f"{test[name]:.4f}")
+    return table
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+
+    title = (
+        f"{summary['model']} on {summary['data']}: best epoch {summary['best_epoch']}"
+        f" of {summary['epochs_run']}"
+    )
     console = Console()
-    console.print(table)
+    console.print(metrics_table(title, summary["val"], summary["test"]))
     for finding in summary.get("health", []):
         console.print(f"[yellow]health:[/] {finding['message']}: {finding['advice']}")
     console.print(

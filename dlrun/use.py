@@ -684,8 +684,14 @@ def main_eval(argv: list[str]) -> None:
     run_dir = Path(options["run_dir"])
     out_dir = Path(options.get("out_dir") or free_eval_dir())
     result = evaluate(run_dir, overrides, out_dir)
-    print(json.dumps({k: result[k] for k in ("val", "test")}, indent=2))
-    print(f"written to {out_dir / 'metrics.json'}")
+    from rich.console import Console
+
+    from dlrun.report import metrics_table
+
+    console = Console()
+    console.print(metrics_table("evaluated again", result["val"], result["test"]))
+    console.print(f"the best model of {run_dir}, on its own validation and test rows")
+    console.print(f"written to {out_dir / 'metrics.json'} (the same numbers, all digits)")
 
 
 @_guard

@@ -509,3 +509,8 @@ def test_text_through_the_commands_a_user_types(tmp_path, doors):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"] == summary["test"]
+    assert "evaluated again" in result.stdout  # the table a run ends with, not raw JSON
+    assert (
+        f"│ accuracy │ {summary['val']['accuracy']:.4f} │ {summary['test']['accuracy']:.4f} │"
+        in (result.stdout)
+    )
