@@ -20,12 +20,22 @@ def find_config_dir() -> Path:
 
 
 def config_groups(config_dir: Path) -> str:
-    """'group: option, option' per line, for `dlrun --help` (the schemas stored beside the
-    options are not choices, so Hydra's own list is not used)."""
+    """'group (default D): option, option' per line, for `dlrun --help` (the schemas stored
+    beside the options are not choices, so Hydra's own list is not used). The defaults come
+    from train.yaml's defaults list, read as text: no YAML parser to import."""
+    import re
+
+    chosen = dict(
+        re.findall(r"^\s*-\s*([a-z_]+):\s*([\w-]+)", (config_dir / "train.yaml").read_text(), re.M)
+    )
     lines = []
     for group in sorted(p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra"):
         options = sorted(f.stem for f in group.glob("*.yaml"))
-        lines.append(f"{group.name}: {', '.join(options)}")
+        default = chosen.get(group.name, "null")
+        lines.append(
+            f"{group.name} (default {'none' if default == 'null' else default}): "
+            f"{', '.join(options)}"
+        )
     return "\n".join(lines)
 
 

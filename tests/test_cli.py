@@ -97,14 +97,22 @@ def test_default_run_from_another_directory_and_bad_input_loses_nothing(tmp_path
 def test_help_lists_the_config_groups(tmp_path):
     result = dlrun("--help", cwd=tmp_path)
     assert result.returncode == 0
-    groups = dict(
-        line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"^[a-z]+: ", line)
-    )
+    listed = re.findall(r"^([a-z_]+) \(default ([\w-]+)\): (.*)$", result.stdout, re.M)
+    groups = {group: options for group, _, options in listed}
+    defaults = {group: default for group, default, _ in listed}
     for group in ("model", "optim", "sched", "data"):
         assert groups[group].split(", ") == sorted(
             p.stem for p in (ROOT / "configs" / group).glob("*.yaml")
         )
-    assert "mlp" in groups["model"] and "digits" in groups["data"]
+    assert defaults == {
+        "data": "digits",
+        "hparams_search": "none",
+        "logger": "none",
+        "model": "mlp",
+        "optim": "adam",
+        "sched": "none",
+        "trainer": "default",
+    }
 
 
 def test_installed_wheel_finds_its_configs(tmp_path):
