@@ -78,7 +78,7 @@ def save_confusion(run_dir: Path, spec, y_true: np.ndarray, outputs: np.ndarray)
             MAX_CONFUSION_CLASSES,
         )
         return
-    names = spec.class_names or [str(k) for k in range(spec.num_classes)]
+    names = spec.class_labels
     save(plot_confusion(y_true, outputs.argmax(axis=1), names), run_dir / "confusion_matrix.png")
 
 

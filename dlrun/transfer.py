@@ -54,11 +54,7 @@ class Source:
     @property
     def classes(self) -> tuple[str, ...] | None:
         spec = getattr(self.preprocessing, "spec", None)
-        return None if spec is None or spec.task != "classification" else class_names(spec)
-
-
-def class_names(spec) -> tuple[str, ...]:
-    return tuple(spec.class_names or map(str, range(spec.num_classes)))
+        return None if spec is None or spec.task != "classification" else spec.class_labels
 
 
 def open_source(conf, entry) -> Source | None:
@@ -203,7 +199,7 @@ def load_into(net, source: Source, spec) -> str:
         )
     new = dict(target)
     kept_rows, reinit = None, []
-    classes = class_names(spec) if spec.task == "classification" else None
+    classes = spec.class_labels if spec.task == "classification" else None
     for key, src in pairs.items():
         value = source.state[src]
         if key in head and classes and source.classes and source.classes != classes:

@@ -476,7 +476,7 @@ def input_contract(data, raw: np.ndarray, fmt: str, lengths: bool = False) -> di
             "sequence without padding",
         }
     if spec.task == "classification":
-        contract["classes"] = list(spec.class_names or map(str, range(spec.num_classes)))
+        contract["classes"] = list(spec.class_labels)
     return contract
 
 

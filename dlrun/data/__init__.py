@@ -39,6 +39,11 @@ class DataSpec:
     vocab_size: int | None = None
 
     @property
+    def class_labels(self) -> tuple[str, ...]:
+        """The class names, or '0', '1', ... for classes the data does not name."""
+        return tuple(self.class_names or map(str, range(self.num_classes)))
+
+    @property
     def out_features(self) -> int:
         return self.num_classes if self.task == "classification" else self.num_targets
 
@@ -364,7 +369,7 @@ def select_rows(raw: RawData, parts: tuple, cfg) -> tuple[RawData, tuple]:
         key = "data.keep_classes" if keep else "data.train_per_class"
         raise UserError(f"{key}: '{raw.spec.name}' is a regression dataset; it has no classes.")
     if keep:
-        names = tuple(raw.spec.class_names or map(str, range(raw.spec.num_classes)))
+        names = raw.spec.class_labels
         codes = []
         for given in keep:
             text = str(given)

@@ -188,7 +188,7 @@ def pictures(objective, model, x_test, prep, samples: bool = False):
     spec, y_test = prep.spec, prep.splits["test"][1]
     classes = None
     if spec.task == "classification":
-        classes = spec.class_names or [str(k) for k in range(spec.num_classes)]
+        classes = spec.class_labels
     name = prep.entry.name
 
     def draw(run_dir) -> None:
