@@ -22,13 +22,26 @@ class TrainBatches:
     def __init__(self, splits, data, takes, device, tcfg, world: int, rank: int):
         import torch
 
+        from dlrun.data.lazy import is_lazy
         from dlrun.devices import use_stream
 
         compact = data is not None and getattr(data, "stored", None) is not None
-        # the training inputs as kept in host memory: compact images, or the prepared arrays
+        # the training inputs as kept in host memory: compact images, or the prepared arrays;
+        # or read from disk batch by batch (dlrun.data.lazy), which always streams
         self.host_x = data.stored["train"] if compact else splits["train"][0]
         self.host_y = np.asarray(splits["train"][1])
-        self.streaming = use_stream(tcfg.data_placement, device, self.host_x.nbytes)
+        self.on_bad_file = getattr(data, "on_bad_file", "error")
+        self.skipped: set[str] = set()  # files already named in the log
+        on_disk = is_lazy(self.host_x)
+        if on_disk and tcfg.data_placement == "device":
+            from dlrun.errors import ConfigError
+
+            raise ConfigError(
+                "trainer.data_placement: 'device' needs the data in memory, and it is read from "
+                f"disk ({self.host_x.nbytes / 1e9:.2f} GB decoded). Use auto or stream, or "
+                "data.load=memory."
+            )
+        self.streaming = on_disk or use_stream(tcfg.data_placement, device, self.host_x.nbytes)
         self.device, self.world, self.rank = device, world, rank
         self.stored = self.x = None  # compact images prepared per batch, or the inputs
         if compact:
@@ -64,8 +77,9 @@ class TrainBatches:
                 self.host_x, self.host_y, tcfg.workers, pin=pin, lengths=self.host_lengths
             )
             log.info(
-                "training data (%.2f GB) streams from host memory: %d DataLoader workers%s",
+                "training data (%.2f GB) streams from %s: %d DataLoader workers%s",
                 self.host_x.nbytes / 1e9,
+                "disk" if on_disk else "host memory",
                 tcfg.workers,
                 ", pinned memory" if pin else "",
             )
@@ -98,10 +112,36 @@ class TrainBatches:
             for s in range(self.steps)
         ]
         for parts, size in zip(self.loader.epoch(rows), self.sizes, strict=True):
-            x, y = parts[0].to(self.device, non_blocking=True), parts[1]
+            if "bad" in parts:
+                parts = self.without_bad(parts)
+            x, y = parts["x"].to(self.device, non_blocking=True), parts["y"]
             if self.stored is not None:
                 x = self.stored.prepare(x, train=True)
             batch = {"x": x, "y": y.to(self.device, non_blocking=True)}
-            if len(parts) == 3:
-                batch["lengths"] = parts[2].to(self.device, non_blocking=True)
+            if "lengths" in parts:
+                batch["lengths"] = parts["lengths"].to(self.device, non_blocking=True)
             yield batch, size
+
+    def without_bad(self, parts: dict) -> dict:
+        """A streamed batch without the files that could not be read (data.on_bad_file=skip,
+        each named once in the log), or the run stops naming them (error)."""
+        import torch
+
+        from dlrun.data.lazy import unreadable
+        from dlrun.errors import UserError
+
+        bad = parts.pop("bad")
+        if self.on_bad_file != "skip":
+            raise UserError(unreadable(bad, len(parts["y"]), " of a training batch"))
+        new = [(path, why) for _, path, why in bad if path not in self.skipped]
+        if new:
+            self.skipped.update(path for path, _ in new)
+            log.warning(
+                "data.on_bad_file=skip: %d unreadable training image(s) left out:\n%s",
+                len(new),
+                "\n".join(f"  {path}: {why}" for path, why in new),
+            )
+        keep = np.ones(len(parts["y"]), dtype=bool)
+        keep[[i for i, _, _ in bad]] = False
+        keep = torch.from_numpy(keep)
+        return {k: v[keep] for k, v in parts.items()}

@@ -351,6 +351,16 @@ class Prepared:
     takes: str = "flat"  # the input kind the model reads the data as (dlrun.data.adapt)
     init: object = None  # dlrun.transfer.Source: the weights training starts from, if any
 
+    def inputs(self, split: str, tcfg):
+        """The split's model inputs on the device: a tensor, or LazyInputs for samples read
+        from disk (trainer.workers read them ahead, trainer.batch_size at a time)."""
+        from dlrun.data.lazy import on_device
+
+        x = self.splits[split][0]
+        return on_device(
+            x, self.data, split, self.device, self.takes, tcfg.workers, tcfg.batch_size
+        )
+
     @property
     def lengths(self) -> dict | None:
         """Padded sequences read by a sequence model: split -> each sample's valid steps; None
@@ -361,7 +371,8 @@ class Prepared:
 def prepare(conf, fitted=None) -> Prepared:
     """Seed, build the data, bridge it to the model's input, and pick the device. With `fitted`
     (a run's saved preprocessing) the data is prepared by it, as in that run's training."""
-    from dlrun.data import adapt, build_data
+    from dlrun.data import SPLITS, adapt, build_data
+    from dlrun.data.lazy import is_lazy
     from dlrun.registry import get_model
     from dlrun.training import job_device, seed_everything
 
@@ -383,9 +394,17 @@ def prepare(conf, fitted=None) -> Prepared:
         raise ConfigError(
             f"trainer.precision=16 needs a CUDA device; this run is on {device}. Use bf16 or 32."
         )
+    lazy = is_lazy(data.x_train)  # read from disk a batch at a time: prepared on the device
+    if lazy and (entry.family != "torch" or entry.objective == "gan"):
+        raise ConfigError(
+            f"data.load: {entry.name} needs every sample in memory, and {conf.data.name} is read "
+            "from disk a batch at a time (its decoded samples would take "
+            f"{sum(data.split(s)[0].nbytes for s in SPLITS) / 1e9:.2f} GB). Set "
+            "data.load=memory, or train a network."
+        )
     splits = {
-        name: (adapt(x, data.spec, takes), y)
-        for name in ("train", "val", "test")
+        name: (x if lazy else adapt(x, data.spec, takes), y)
+        for name in SPLITS
         for x, y in [data.split(name)]
     }
     return Prepared(data, entry, spec, splits, device, takes)
@@ -593,7 +612,7 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         )
     untrained = None
     if getattr(objective, "measure_untrained", False):  # where training starts from
-        x_val = torch.as_tensor(prep.splits["val"][0], device=device)
+        x_val = prep.inputs("val", conf.trainer)
         untrained = {"val": objective.evaluate(model.to(device), x_val, prep.splits["val"][1])}
         # (the objectives that measure an untrained model read no lengths)
         log.info(
@@ -632,7 +651,7 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
     if objective is not None:
         import torch
 
-        inputs = {name: torch.as_tensor(x, device=prep.device) for name, (x, _) in splits.items()}
+        inputs = {name: prep.inputs(name, conf.trainer) for name in splits}
         lengths = {
             name: None
             if prep.lengths is None

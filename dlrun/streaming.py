@@ -1,9 +1,9 @@
-"""Training batches streamed from host memory, for data larger than the device holds.
+"""Training batches streamed from host memory or disk, for data larger than the device holds.
 
 A torch DataLoader whose every item is a whole batch: the training loop hands it the epoch's
 batches of row indices (the same shuffled batches the on-device path would take, so both train
-alike), worker processes gather those rows from the host arrays, and pinned memory lets each
-batch's copy to the GPU overlap the previous step.
+alike), worker processes gather those rows from the host arrays or decode them from their files
+(dlrun.data.lazy), and pinned memory lets each batch's copy to the GPU overlap the previous step.
 """
 
 from __future__ import annotations
@@ -14,23 +14,31 @@ import numpy as np
 
 
 class _Rows:
-    """A map-style dataset whose item is a batch: rows (a 1-D index tensor) -> (x, y), or
-    (x, y, lengths) for padded sequences."""
+    """A map-style dataset whose item is a batch: rows (a 1-D index tensor) -> {x, y} (and
+    `lengths` for padded sequences). Samples read from disk (dlrun.data.lazy) are decoded here,
+    in the worker, and the files that could not be read come back as `bad`."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None):
+    def __init__(self, x, y: np.ndarray, lengths: np.ndarray | None = None):
         self.x, self.y, self.lengths = x, y, lengths
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, rows):
+    def __getitem__(self, rows) -> dict:
         import torch
 
         rows = np.asarray(rows)
-        parts = (torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows]))
+        batch = {"y": torch.from_numpy(self.y[rows])}
+        if hasattr(self.x, "read"):
+            x, bad = self.x.read(rows)
+            if bad:
+                batch["bad"] = bad  # (position in rows, path, why)
+        else:
+            x = self.x[rows]
+        batch["x"] = torch.from_numpy(x)
         if self.lengths is not None:
-            parts += (torch.from_numpy(self.lengths[rows]),)
-        return parts
+            batch["lengths"] = torch.from_numpy(self.lengths[rows])
+        return batch
 
 
 class _EpochBatches:
@@ -47,9 +55,10 @@ class _EpochBatches:
 
 
 class BatchLoader:
-    """`epoch(batches)` yields (x, y) CPU tensors (pinned on CUDA) for each batch of rows."""
+    """`epoch(batches)` yields a dict of CPU tensors (pinned on CUDA) for each batch of rows:
+    x, y, lengths for padded sequences, and `bad` for files that could not be read."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, workers: int, pin: bool, lengths=None):
+    def __init__(self, x, y: np.ndarray, workers: int, pin: bool, lengths=None):
         from torch.utils.data import DataLoader
 
         self.sampler = _EpochBatches()
@@ -64,5 +73,19 @@ class BatchLoader:
         )
 
     def epoch(self, batches: list) -> Iterator:
+        """The batches of rows `batches`, read ahead by the workers. A worker that dies (killed
+        for memory, a crash in a decoder) ends the run with one message, not a traceback."""
+        from dlrun.errors import UserError
+
         self.sampler.batches = batches
-        return iter(self.loader)
+        try:
+            yield from self.loader
+        except RuntimeError as ex:
+            if "DataLoader worker" not in str(ex):
+                raise
+            first = str(ex).strip().splitlines()[0]
+            raise UserError(
+                f"trainer.workers: a process that reads the data stopped ({first}). If memory "
+                "ran out, lower trainer.workers or trainer.batch_size; the run resumes from its "
+                "last checkpoint with trainer.resume."
+            ) from None

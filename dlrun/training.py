@@ -112,12 +112,13 @@ def predict(
     (regression), as one host array."""
     import torch
 
+    from dlrun.data.lazy import in_batches
+
     model.eval()
     outs = []
     with torch.no_grad(), autocast(x.device, precision):
-        for start in range(0, len(x), batch_size):
-            part = slice(start, start + batch_size)
-            out = model(x[part]) if lengths is None else model(x[part], lengths[part])
+        for part, xb in in_batches(x, batch_size):
+            out = model(xb) if lengths is None else model(xb, lengths[part])
             outs.append(out.float())
     out = torch.cat(outs).cpu().double()  # (N, K) or (N, T)
     if task == "classification":
@@ -148,6 +149,7 @@ def fit_torch(
     """
     from dlrun import distributed
     from dlrun.batches import TrainBatches
+    from dlrun.data.lazy import on_device
     from dlrun.objectives import supervised_objective
     from dlrun.params import freeze
 
@@ -177,7 +179,8 @@ def fit_torch(
     state, steps = plan_steps(
         net, model, objective, conf, device, world, batches, channels_last, frozen
     )
-    x_val, y_val = _as_device(splits["val"][0], device), splits["val"][1]
+    x_val = on_device(splits["val"][0], data, "val", device, takes, tcfg.workers, tcfg.batch_size)
+    y_val = splits["val"][1]
     val_lengths = None if batches.lengths is None else _as_device(data.lengths["val"], device)
     history, start = [], 1
     if resume is not None:

@@ -112,6 +112,7 @@ class DataModule:
     sources: dict = dataclasses.field(default_factory=dict)  # data fingerprints (preprocess)
     # Padded sequences: split -> each sample's valid steps (N,), the first ones; None: all valid
     lengths: dict[str, np.ndarray] | None = None
+    on_bad_file: str = "error"  # data.on_bad_file, for samples read from disk while training
 
     @property
     def preprocessing(self):
@@ -140,10 +141,12 @@ class DataModule:
         `stored` keeps the loaded size: the device resizes each batch."""
         c = self.spec.shape[0]
         spec = dataclasses.replace(self.spec, shape=(c, size, size))
+        native = self.native_shape or tuple(self.x_train.shape[1:])
+        if getattr(self.x_train, "lazy", False):  # read from disk: resized batch by batch
+            return dataclasses.replace(self, spec=spec, resize_to=size, native_shape=native)
         xs = {
             f"x_{s}": resize_images(getattr(self, f"x_{s}"), size) for s in ("train", "val", "test")
         }
-        native = self.native_shape or tuple(self.x_train.shape[1:])
         return dataclasses.replace(self, spec=spec, resize_to=size, native_shape=native, **xs)
 
 
@@ -190,6 +193,8 @@ def build_data(cfg, fitted=None) -> DataModule:
         raw = _with_task(raw, cfg.task)
     train, val, test = split_indices(raw, cfg)
     raw, (train, val, test) = select_rows(raw, (train, val, test), cfg)
+    if getattr(raw.x, "lazy", False):  # read from disk a batch at a time (dlrun.data.lazy)
+        return lazy_data(raw, cfg, (train, val, test), fitted)
     if fitted is not None and fitted.encoder is not None and raw.encode is not None:
         raw = dataclasses.replace(raw, encode=fitted.encoder.refitted(raw.encode))
         x = raw.encode.apply(raw.x)
@@ -244,6 +249,61 @@ def build_data(cfg, fitted=None) -> DataModule:
         augment=getattr(cfg, "augment", None),
         sources=fingerprints(cfg),
         lengths=None if lengths is None else dict(zip(SPLITS, lengths, strict=True)),
+    )
+
+
+def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
+    """The splits of samples read from disk (dlrun.data.lazy): each a view of the files, with
+    the normalization statistics of the training split (of a seeded sample of it when it is
+    large: dlrun.data.lazy.STATS_SAMPLE)."""
+    from dlrun.data.lazy import STATS_SAMPLE, Rows, read_all, unreadable
+    from dlrun.data.preprocess import fingerprints
+
+    train, val, test = parts
+    norm = None if fitted is None else fitted.norm
+    if cfg.normalize and norm is None:
+        rows = train
+        if len(train) > STATS_SAMPLE:
+            rng = np.random.default_rng(cfg.split_seed)
+            rows = np.sort(rng.choice(train, STATS_SAMPLE, replace=False))
+        what = f"reading {len(rows):,} of the {len(train):,} training images for their statistics"
+        x, bad = read_all(Rows(raw.x, rows), what)
+        if bad:
+            if cfg.on_bad_file != "skip":
+                raise UserError(unreadable(bad, len(rows), " read for the statistics"))
+            gone = rows[[i for i, _, _ in bad]]
+            log_bad(bad)
+            train = train[~np.isin(train, gone)]
+            x = np.delete(x, [i for i, _, _ in bad], axis=0)
+        norm = _statistics(raw.spec, pixels_to_float(x, raw.pixel_max))
+    stored = {
+        name: Rows(raw.x, rows) for name, rows in zip(SPLITS, (train, val, test), strict=True)
+    }
+    y = raw.y
+    return DataModule(
+        raw.spec,
+        stored["train"],
+        y[train],
+        stored["val"],
+        y[val],
+        stored["test"],
+        y[test],
+        norm=norm if cfg.normalize else None,
+        stored=stored,
+        pixel_max=raw.pixel_max,
+        augment=getattr(cfg, "augment", None),
+        sources=fingerprints(cfg),
+        on_bad_file=getattr(cfg, "on_bad_file", "error"),
+    )
+
+
+def log_bad(bad: list) -> None:
+    import logging
+
+    logging.getLogger("dlrun").warning(
+        "data.on_bad_file=skip: %d unreadable training image(s) left out:\n%s",
+        len(bad),
+        "\n".join(f"  {path}: {why}" for _, path, why in bad),
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,13 +23,11 @@ from omegaconf import MISSING
 from dlrun.config import setting
 from dlrun.data import DataSpec, RawData
 from dlrun.data.device import ImageDataConfig
-from dlrun.errors import UserError, regular_file
+from dlrun.data.lazy import LOADS, MEMORY_GB, ImageFiles, decide_load, read_all, unreadable
+from dlrun.errors import UserError
 from dlrun.registry import register_data
 
 log = logging.getLogger("dlrun")
-
-READ_THREADS = 8  # threads that decode an image folder (at most one per core)
-READ_CHUNK = 64  # images per task
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -219,18 +216,20 @@ class ImageFolderConfig(ImageDataConfig):
     # an image that cannot be read: error (the default: every such file listed, nothing runs)
     # or skip (left out, every such file listed once in the log)
     on_bad_file: str = setting("error", choices=("error", "skip"))
+    # memory: decode every image once, into memory; stream: read each batch from disk (decoded
+    # by the DataLoader workers, trainer.workers); auto: stream when the decoded images would
+    # take more than memory_gb
+    load: str = setting("auto", choices=LOADS)
+    memory_gb: float = setting(MEMORY_GB, lo=0, lo_open=True)
 
 
 def without_bad_files(x, y, bad: list, how: str, root: Path, classes: list):
     """The images that could be read, when data.on_bad_file=skip (each unreadable one named in
     the log); with error, one message naming them all."""
+    if how == "error":
+        raise UserError(unreadable(bad, len(y), f" in {root}"))
     shown = "\n".join(f"  {path}: {why}" for _, path, why in bad[:10])
     more = f"\n  and {len(bad) - 10} more" if len(bad) > 10 else ""
-    if how == "error":
-        raise UserError(
-            f"data.root: {len(bad)} of the {len(y)} images in {root} cannot be read:\n"
-            f"{shown}{more}\nFix or remove them, or set data.on_bad_file=skip to train without them."
-        )
     log.warning(
         "data.on_bad_file=skip: %d unreadable images left out:\n%s%s", len(bad), shown, more
     )
@@ -245,86 +244,70 @@ def without_bad_files(x, y, bad: list, how: str, root: Path, classes: list):
     return x, y
 
 
-@register_data("image_folder", schema=ImageFolderConfig)
-def load_image_folder(cfg: ImageFolderConfig) -> RawData:
-    """Every image, resized and in memory as uint8; the classes are the sorted class folder
-    names."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets import ImageFolder
+def index_folder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """(classes, paths, labels) of root/<class>/.../<image>, in torchvision ImageFolder's
+    order (sorted classes, then sorted walks), without opening a file."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    root = Path(cfg.root).expanduser().absolute()
+    from dlrun.report import item_progress
+
     layout = "one sub-folder per class, holding its images (root/<class>/<image>)"
-    if not root.is_dir():
-        state = "is a file" if root.exists() else "does not exist"
-        raise UserError(f"data.root: {root} {state}. Give a folder with {layout}.")
-
-    class Folders(ImageFolder):
-        def find_classes(self, directory):
-            classes = sorted(
-                e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
-            )
-            if not classes:
-                raise UserError(
-                    f"data.root: {directory} has no class folders. Give a folder with {layout}."
-                )
-            return classes, {name: i for i, name in enumerate(classes)}
-
-    folders = Folders(str(root), allow_empty=True)
-    counts = np.bincount([t for _, t in folders.samples], minlength=len(folders.classes))
-    empty = [name for name, n in zip(folders.classes, counts, strict=True) if n == 0]
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise UserError(f"data.root: {root} has no class folders. Give a folder with {layout}.")
+    paths, labels = [], []
+    with item_progress(f"indexing the class folders of {root}", len(classes)) as advance:
+        for label, name in enumerate(classes):
+            for folder, _, files in sorted(os.walk(root / name, followlinks=True)):
+                for file in sorted(files):
+                    if file.lower().endswith(IMG_EXTENSIONS):
+                        paths.append(os.path.join(folder, file))
+                        labels.append(label)
+            advance()
+    y = np.array(labels, dtype=np.int64)
+    counts = np.bincount(y, minlength=len(classes))
+    empty = [name for name, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
         raise UserError(
             f"data.root: the class folders {', '.join(empty)} in {root} hold no images. "
             f"Images may end in {', '.join(IMG_EXTENSIONS)}."
         )
-    if len(folders.classes) < 2:
+    if len(classes) < 2:
         raise UserError(
-            f"data.root: {root} has one class folder ({folders.classes[0]}); classification "
+            f"data.root: {root} has one class folder ({classes[0]}); classification "
             "needs at least two."
         )
+    return classes, paths, y
 
-    from dlrun.report import item_progress
 
-    size, mode = cfg.image_size, ("L" if cfg.grayscale else "RGB")
-    x = np.empty((len(folders.samples), 1 if cfg.grayscale else 3, size, size), dtype=np.uint8)
-    bad = []  # (row, path, why): every unreadable file, found in one pass
-
-    def read(rows: range) -> int:
-        """Decode and resize the images of `rows` into x (Pillow lets other threads run while
-        it decodes and resizes, so a few threads read in parallel)."""
-        for i in rows:
-            path = folders.samples[i][0]
-            regular_file(path, "data.root", "an image file")  # a FIFO would block Image.open
-            try:
-                with Image.open(path) as image:
-                    pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-            except (UnidentifiedImageError, OSError, ValueError) as ex:
-                bad.append((i, path, str(ex).splitlines()[0] if str(ex) else type(ex).__name__))
-                continue
-            array = np.asarray(pixels, dtype=np.uint8)  # 8-bit: L or RGB
-            x[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        return len(rows)
-
-    total = len(folders.samples)
-    chunks = [range(i, min(i + READ_CHUNK, total)) for i in range(0, total, READ_CHUNK)]
-    with (
-        item_progress(f"reading images from {root}", total) as advance,
-        ThreadPoolExecutor(max_workers=min(READ_THREADS, os.cpu_count() or 1)) as pool,
-    ):
-        for done in pool.map(read, chunks):  # in order: the first error is the first file's
-            advance(done)
-    bad.sort()
-    y = np.array([t for _, t in folders.samples], dtype=np.int64)
-    if bad:
-        x, y = without_bad_files(x, y, bad, cfg.on_bad_file, root, folders.classes)
-    classes = tuple(folders.classes)
+@register_data("image_folder", schema=ImageFolderConfig)
+def load_image_folder(cfg: ImageFolderConfig) -> RawData:
+    """The images indexed, then decoded into memory as uint8 once (resized), or left on disk
+    to be read a batch at a time (data.load); the classes are the sorted class folder names."""
+    root = Path(cfg.root).expanduser().absolute()
+    layout = "one sub-folder per class, holding its images (root/<class>/<image>)"
+    if not root.is_dir():
+        state = "is a file" if root.exists() else "does not exist"
+        raise UserError(f"data.root: {root} {state}. Give a folder with {layout}.")
+    classes, paths, y = index_folder(root)
+    files = ImageFiles(paths, cfg.image_size, cfg.grayscale)
     spec = DataSpec(
         name="image_folder",
         task="classification",
         kind="image",
-        shape=tuple(x.shape[1:]),
+        shape=tuple(files.shape[1:]),
         num_classes=len(classes),
-        class_names=classes,
+        class_names=tuple(classes),
     )
+    if decide_load(cfg.load, files.nbytes, cfg.memory_gb):
+        log.info(
+            "data.load=%s: %s images (%.2f GB decoded) are read from disk a batch at a time",
+            cfg.load,
+            f"{len(files):,}",
+            files.nbytes / 1e9,
+        )
+        return RawData(files, y, spec, pixel_max=255)
+    x, bad = read_all(files, f"reading images from {root}")
+    if bad:
+        x, y = without_bad_files(x, y, bad, cfg.on_bad_file, root, classes)
     return RawData(x, y, spec, pixel_max=255)

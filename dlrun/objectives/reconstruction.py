@@ -14,6 +14,7 @@ import numpy as np
 import torch  # imported when a network trains, never for --help
 import torch.nn.functional as F
 
+from dlrun.data.lazy import in_batches
 from dlrun.objectives import Objective
 
 EVAL_BATCH = 1024
@@ -56,8 +57,7 @@ class Reconstruction(Objective):
         sums = dict.fromkeys(self.metrics, 0.0)
         model.eval()
         with torch.no_grad():
-            for start in range(0, len(x), EVAL_BATCH):
-                xb = x[start : start + EVAL_BATCH]
+            for _, xb in in_batches(x, EVAL_BATCH):
                 given = self.corrupt(xb, generator)
                 recon = model(given).float()
                 sums["loss"] += error(recon, xb, reduction="none").flatten(1).mean(1).sum()
@@ -78,7 +78,7 @@ class Reconstruction(Objective):
     def latent(self, model, x):
         model.eval()
         with torch.no_grad():
-            return model.encode(x).float()
+            return torch.cat([model.encode(xb).float() for _, xb in in_batches(x, EVAL_BATCH)])
 
     def pictures(self, model, x_test, prep):
         return pictures(self, model, x_test, prep)
@@ -123,8 +123,7 @@ class EvidenceBound(Objective):
         sums = dict.fromkeys(self.metrics, 0.0)
         model.eval()
         with torch.no_grad():
-            for start in range(0, len(x), EVAL_BATCH):
-                xb = x[start : start + EVAL_BATCH]
+            for _, xb in in_batches(x, EVAL_BATCH):
                 mean, logvar = (t.float() for t in model.encode(xb))
                 noise = torch.randn(mean.shape, generator=generator, device=x.device)
                 nll = self.nll(model.decode(mean + noise * (0.5 * logvar).exp()).float(), xb)
@@ -149,7 +148,7 @@ class EvidenceBound(Objective):
     def latent(self, model, x):
         model.eval()
         with torch.no_grad():
-            return model.encode(x)[0].float()  # the mean
+            return torch.cat([model.encode(xb)[0].float() for _, xb in in_batches(x, EVAL_BATCH)])
 
     def pictures(self, model, x_test, prep):
         return pictures(self, model, x_test, prep, samples=True)
