@@ -59,6 +59,7 @@ class BatchLoader:
     x, y, lengths for padded sequences, and `bad` for files that could not be read."""
 
     def __init__(self, x, y: np.ndarray, workers: int, pin: bool, lengths=None):
+        import torch
         from torch.utils.data import DataLoader
 
         self.sampler = _EpochBatches()
@@ -70,6 +71,9 @@ class BatchLoader:
             pin_memory=pin,
             persistent_workers=workers > 0,  # workers start once, not every epoch
             prefetch_factor=4 if workers > 0 else None,
+            # the workers' seeds come from here, not from torch's global generator: streaming
+            # leaves the draws of augmentation and dropout as they are on the device
+            generator=torch.Generator().manual_seed(0),
         )
 
     def epoch(self, batches: list) -> Iterator:

@@ -70,14 +70,14 @@ class ImageFiles:
 
         def read(part: range) -> int:
             for i in part:
-                path = self.paths[rows[i]]
+                path = str(self.paths[rows[i]])
                 try:
                     regular_file(path, "data.root", "an image file")  # a FIFO would block
                     with Image.open(path) as image:
                         pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
                 except (UnidentifiedImageError, OSError, ValueError, UserError) as ex:
                     why = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
-                    bad.append((i, str(path), why))
+                    bad.append((i, path, why.replace(f" {path!r}", "")))  # named once
                     continue
                 array = np.asarray(pixels, dtype=np.uint8)  # 8-bit: L or RGB
                 x[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

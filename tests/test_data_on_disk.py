@@ -1,0 +1,185 @@
+"""Data read from disk a batch at a time (dlrun.data.lazy): an image folder streamed by
+DataLoader workers trains, validates and tests exactly as the same folder decoded into memory;
+unreadable files are named; a dead worker ends the run with one message; resume is exact."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import cli, make_cfg, read_metrics, train
+from dlrun.errors import ConfigError, Interrupted, UserError
+
+BASE = ("model=lenet5", "trainer.device=cpu", "trainer.batch_size=16", "trainer.max_epochs=2")
+
+
+def write_photos(root: Path, per_class: int = 24) -> Path:
+    """3 classes of noisy JPEGs of different sizes; each class has its own bright stripe."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            h, w = 24 + i % 5, 30 - i % 4
+            pixels = (rng.integers(0, 120, (h, w, 3)) + 40 * c).astype(np.uint8)
+            pixels[:, 6 * c : 6 * c + 6] = 230
+            Image.fromarray(pixels).save(folder / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in read_metrics(run_dir)]
+
+
+def folder_args(root: Path, *more: str) -> tuple[str, ...]:
+    return (*BASE, "data=image_folder", f"data.root={root}", "data.image_size=20", *more)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return write_photos(tmp_path_factory.mktemp("photos") / "photos")
+
+
+def split_paths(root: Path, *more: str) -> dict[str, list[str]]:
+    """Which files each split holds, as a streamed run splits them."""
+    from omegaconf import OmegaConf
+
+    from dlrun.data import build_data
+
+    conf = OmegaConf.to_object(make_cfg(*folder_args(root, "data.load=stream", *more))).data
+    data = build_data(conf)
+    return {s: list(data.stored[s].source.paths[data.stored[s].rows]) for s in data.stored}
+
+
+def test_a_streamed_folder_trains_exactly_as_the_folder_in_memory(tmp_path, photos, caplog):
+    augment = ("data.augment.hflip=true", "data.augment.crop_padding=2")
+    memory, memory_dir = train(
+        tmp_path, *folder_args(photos, "data.load=memory", *augment), name="memory"
+    )
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        streamed, stream_dir = train(
+            tmp_path, *folder_args(photos, "data.load=stream", *augment), name="stream"
+        )
+    assert "72 images (0.00 GB decoded) are read from disk a batch at a time" in caplog.text
+    assert "streams from disk: 2 DataLoader workers" in caplog.text
+    assert metrics(stream_dir) == metrics(memory_dir)  # every loss, metric and norm, bit for bit
+    assert streamed["val"] == memory["val"] and streamed["test"] == memory["test"]
+    assert streamed["test"]["accuracy"] > 0.6  # the stripes are learnt: 3 classes, chance 0.33
+    # auto streams above data.memory_gb (72 images of 3x20x20 bytes: 86,400 bytes)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        train(tmp_path, *folder_args(photos, "data.memory_gb=0.00008"), name="auto")
+    assert "data.load=auto: 72 images" in caplog.text
+
+
+def test_a_streamed_run_stopped_inside_an_epoch_resumes_exactly(tmp_path, photos, monkeypatch):
+    from dlrun.streaming import BatchLoader
+
+    args = folder_args(photos, "data.load=stream", "trainer.max_epochs=3")
+    _, whole = train(tmp_path, *args, name="whole")
+
+    real, seen = BatchLoader.epoch, {"batches": 0}
+
+    def epoch(self, batches):
+        for batch in real(self, batches):
+            seen["batches"] += 1
+            if seen["batches"] == 6:  # the 2nd of epoch 2's 4 training batches: Ctrl-C
+                signal.raise_signal(signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(BatchLoader, "epoch", epoch)
+    with pytest.raises(Interrupted):
+        train(tmp_path, *args, name="cut")
+    monkeypatch.setattr(BatchLoader, "epoch", real)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [1]
+    train(tmp_path, *args, f"trainer.resume={tmp_path / 'cut'}", name="resumed")
+    assert metrics(tmp_path / "cut") == metrics(whole)
+
+
+def break_file(path: str) -> None:
+    Path(path).write_bytes(b"\xff\xd8 not really a JPEG")
+
+
+def test_unreadable_streamed_images_are_named_then_skipped_or_refused(tmp_path, caplog):
+    root = write_photos(tmp_path / "photos")
+    paths = split_paths(root)
+    broken_train = paths["train"][3]
+    break_file(broken_train)
+    # with normalization, the training images are read for their statistics before training
+    with pytest.raises(UserError) as refused:
+        train(tmp_path, *folder_args(root, "data.load=stream"), name="refused")
+    assert str(refused.value).startswith(
+        "data.root: 1 of the 51 images read for the statistics cannot be read:\n"
+        f"  {broken_train}: cannot identify image file"
+    )
+    # without it, the workers find it while training: named in the log once, left out
+    unnormalized = folder_args(root, "data.load=stream", "data.normalize=false")
+    with pytest.raises(UserError, match="1 of the 16 images of a training batch cannot be read"):
+        train(tmp_path, *unnormalized, name="stopped")
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        summary, run_dir = train(tmp_path, *unnormalized, "data.on_bad_file=skip", name="skip")
+    assert summary["status"] == "completed"
+    log = (run_dir / "train.log").read_text()
+    assert log.count(broken_train) == 1 and "1 unreadable training image(s) left out" in log
+
+    # validation and test are measured on every sample: a bad file there stops the run, cleanly
+    broken_val = paths["val"][0]
+    break_file(broken_val)
+    done = cli(*unnormalized, "data.on_bad_file=skip", "hydra.run.dir=val_broken", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "1 of the 6 images of a validation or test batch cannot be read" in done.stderr
+    assert broken_val in done.stderr and "then resume" in done.stderr
+
+
+def test_a_reader_process_that_dies_ends_the_run_with_a_message(tmp_path, photos, monkeypatch):
+    import torch.utils.data
+
+    from dlrun.data.lazy import ImageFiles
+
+    real = ImageFiles.read
+
+    def read(self, rows, threads=1):
+        if torch.utils.data.get_worker_info() is not None:  # in a DataLoader worker: killed
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, rows, threads)
+
+    monkeypatch.setattr(ImageFiles, "read", read)
+    with pytest.raises(UserError) as stopped:
+        train(tmp_path, *folder_args(photos, "data.load=stream"), name="killed")
+    message = str(stopped.value)
+    assert message.startswith("trainer.workers: a process that reads the data stopped (DataLoader")
+    assert "pid" in message and "trainer.resume" in message
+
+
+def test_models_that_need_the_data_in_memory_say_so(tmp_path, photos):
+    with pytest.raises(ConfigError, match=r"^data\.load: random_forest needs every sample in"):
+        train(tmp_path, *folder_args(photos, "data.load=stream"), "model=random_forest")
+    with pytest.raises(ConfigError, match=r"^trainer\.data_placement: 'device' needs the data"):
+        train(tmp_path, *folder_args(photos, "data.load=stream", "trainer.data_placement=device"))
+
+
+def test_the_statistics_of_a_large_streamed_folder_come_from_a_seeded_sample(
+    photos, monkeypatch, caplog
+):
+    from omegaconf import OmegaConf
+
+    import dlrun.data.lazy
+    from dlrun.data import build_data
+
+    conf = OmegaConf.to_object(make_cfg(*folder_args(photos, "data.load=stream"))).data
+    full = build_data(conf).norm
+    monkeypatch.setattr(dlrun.data.lazy, "STATS_SAMPLE", 20)
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        sampled = build_data(conf).norm
+    assert "reading 20 of the 51 training images for their statistics" in caplog.text
+    assert build_data(conf).norm[0].tolist() == sampled[0].tolist()  # the same draw each time
+    assert sampled[0].tolist() != full[0].tolist()
+    np.testing.assert_allclose(sampled[0], full[0], atol=0.05)  # pixels in [0, 1]
+    np.testing.assert_allclose(sampled[1], full[1], atol=0.05)
