@@ -260,7 +260,16 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
     from dlrun.data.preprocess import fingerprints
 
     train, val, test = parts
+    if getattr(cfg, "as_sequence", False):
+        raise ConfigError(
+            "data.as_sequence: a table read from disk a batch at a time is not read as a "
+            "sequence. Set data.load=memory."
+        )
+    if raw.spec.task == "regression":
+        _check_target_varies(raw.y, parts, raw.spec.name)
     norm = None if fitted is None else fitted.norm
+    if cfg.normalize and norm is None and not hasattr(raw.x, "paths"):  # arrays: every row
+        norm = array_statistics(raw.spec, Rows(raw.x, train), raw.pixel_max)
     if cfg.normalize and norm is None:
         rows = train
         if len(train) > STATS_SAMPLE:
@@ -295,6 +304,39 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
         sources=fingerprints(cfg),
         on_bad_file=getattr(cfg, "on_bad_file", "error"),
     )
+
+
+def array_statistics(spec: DataSpec, train, pixel_max: int | None, block_bytes: int = 2**27):
+    """`_statistics` of the training rows of a memory-mapped array, read a block at a time
+    (all at once when they take at most `block_bytes`, which gives exactly the in-memory
+    values): per channel for images, per feature otherwise, in float64."""
+    from dlrun.report import item_progress
+
+    n = len(train)
+    if train.nbytes <= block_bytes:
+        x, _ = train.read(np.arange(n))
+        return _statistics(spec, pixels_to_float(x, pixel_max))
+    axes = (0, 2, 3) if spec.kind == "image" else tuple(range(len(train.shape) - 1))
+    step = max(1, block_bytes // max(1, train.nbytes // n))
+    blocks = [np.arange(s, min(s + step, n)) for s in range(0, n, step)]
+    total = squares = None
+    count = 0
+    with item_progress("the training rows' statistics", 2 * n) as advance:
+        for rows in blocks:  # the mean, then the squared deviations from it
+            x = pixels_to_float(train.read(rows)[0], pixel_max).astype(np.float64)
+            part = x.sum(axis=axes, keepdims=True)
+            total = part if total is None else total + part
+            count += x.size // part.size
+            advance(len(rows))
+        mean = total / count
+        for rows in blocks:
+            x = pixels_to_float(train.read(rows)[0], pixel_max).astype(np.float64)
+            part = np.square(x - mean).sum(axis=axes, keepdims=True)
+            squares = part if squares is None else squares + part
+            advance(len(rows))
+    std = np.sqrt(squares / count).astype(np.float32)
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std
 
 
 def log_bad(bad: list) -> None:

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import MISSING
 
-from dlrun.config import DataConfig
+from dlrun.config import DataConfig, setting
 from dlrun.data import DataSpec, RawData
+from dlrun.data.lazy import LOADS, MEMORY_GB, MappedArray, decide_load
 from dlrun.errors import UserError, regular_file
 from dlrun.registry import register_data
 
@@ -36,13 +37,21 @@ KEYS = ("x", "y", "split", "lengths")
 class NpzConfig(DataConfig):
     name: str = "npz"
     path: str = MISSING  # the .npz file; a relative path starts from the current directory
+    # memory: read 'x' whole; stream: memory-map it and read each batch's rows from disk (a
+    # file saved with np.savez; np.savez_compressed files are read whole); auto: stream when
+    # 'x' takes more than memory_gb
+    load: str = setting("auto", choices=LOADS)
+    memory_gb: float = setting(MEMORY_GB, lo=0, lo_open=True)
 
 
 @register_data("npz", schema=NpzConfig)
 def load_npz(cfg: NpzConfig) -> RawData:
     path = Path(cfg.path).expanduser().absolute()
     regular_file(path, "data.path", "a .npz file of arrays (np.savez)")
-    arrays = read_npz(path)
+    mapped = mapped_x(path, cfg)
+    arrays = read_npz(path, skip=("x",) if mapped is not None else ())
+    if mapped is not None:
+        return mapped_npz(cfg, path, mapped, arrays)
     x, y = arrays["x"], arrays["y"]
     n = len(x)
     for key, array in arrays.items():
@@ -73,8 +82,89 @@ def load_npz(cfg: NpzConfig) -> RawData:
     return RawData(x, y, spec, fixed_split=fixed, pixel_max=pixel_max, lengths=lengths)
 
 
-def read_npz(path: Path, needed: tuple[str, ...] = ("x", "y"), key: str = "data.path") -> dict:
-    """The arrays of a .npz file that dlrun reads (x, y, split, lengths), without pickle."""
+def mapped_x(path: Path, cfg: NpzConfig) -> np.memmap | None:
+    """'x' of the file memory-mapped, when data.load asks for it (auto: when it takes more
+    than data.memory_gb); None when it is read whole. Padded sequences (with 'lengths') and
+    compressed files are read whole (said in the log when streaming was asked for)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            member = archive.getinfo("x.npy") if "x.npy" in names else None
+            if member is None or not decide_load(cfg.load, member.file_size, cfg.memory_gb):
+                return None
+            why = None
+            if "lengths.npy" in names:
+                why = "it holds padded sequences ('lengths')"
+            elif member.compress_type != zipfile.ZIP_STORED:
+                why = "it is compressed (np.savez_compressed; save it with np.savez to stream it)"
+            if why is not None:
+                log.warning("data.load=%s: %s is read whole: %s", cfg.load, path, why)
+                return None
+            return map_member(path, member)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None  # read_npz says what is wrong with it
+
+
+def map_member(path: Path, member) -> np.memmap | None:
+    """An uncompressed .npy member of a zip file, memory-mapped where its values lie."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(member.header_offset)
+        local = f.read(30)  # the zip local file header: its name and extra field follow
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(member.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    if dtype.hasobject or not shape:
+        return None  # read_npz refuses objects, with its message
+    order = "F" if fortran else "C"
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+
+
+def mapped_npz(cfg: NpzConfig, path: Path, x: np.memmap, arrays: dict) -> RawData:
+    """The file's data with 'x' memory-mapped: rows are read when a batch takes them."""
+    y, n = arrays["y"], len(x)
+    for key, array in arrays.items():
+        if len(array) != n:
+            raise UserError(
+                f"data.path: {path} has {n} samples in 'x' but {len(array)} in '{key}'; every "
+                "array needs one row per sample."
+            )
+    kind, shape, pixel_max = read_kind(x, path, False)
+    if kind == "sequence" and x.ndim == 2:
+        x = x.reshape(*x.shape, 1)
+    fixed = None if "split" not in arrays else read_split_array(arrays["split"], path)
+    y, task, classes, targets = read_targets(y, path, cfg.task)
+    spec = DataSpec(
+        name=cfg.name,
+        task=task,
+        kind=kind,
+        shape=shape,
+        num_classes=len(classes) if classes is not None else None,
+        num_targets=targets,
+        class_names=classes,
+    )
+    log.info(
+        "data.load=%s: 'x' of %s (%.2f GB) is memory-mapped; batches read their rows from disk",
+        cfg.load,
+        path,
+        x.nbytes / 1e9,
+    )
+    return RawData(MappedArray(x), y, spec, fixed_split=fixed, pixel_max=pixel_max)
+
+
+def read_npz(
+    path: Path, needed: tuple[str, ...] = ("x", "y"), key: str = "data.path", skip: tuple = ()
+) -> dict:
+    """The arrays of a .npz file that dlrun reads (x, y, split, lengths), without pickle;
+    those named in `skip` are not read (a memory-mapped 'x')."""
     try:
         with np.load(path, allow_pickle=False) as found:
             names = list(found.files)
@@ -85,7 +175,7 @@ def read_npz(path: Path, needed: tuple[str, ...] = ("x", "y"), key: str = "data.
                     + (" and 'y' (their targets)" if "y" in needed else "")
                     + f", and may have 'lengths'. It holds: {', '.join(names) or 'nothing'}."
                 )
-            return {k: found[k] for k in KEYS if k in names}
+            return {k: found[k] for k in KEYS if k in names and k not in skip}
     except UserError:
         raise
     except ValueError as ex:

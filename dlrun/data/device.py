@@ -152,7 +152,9 @@ class DeviceInputs:
         input: what `take` does after its gather (streamed batches come this way)."""
         import torch.nn.functional as F
 
-        if self.spec.kind != "image":  # tables and sequences are stored normalized
+        if self.spec.kind != "image":  # tables and sequences in memory are stored normalized;
+            if self.mean is not None:  # those read from disk are normalized here
+                x = (x.float() - self.mean) / self.std
             return x.reshape((x.shape[0], *self.shape))
         if train and (self.hflip or self.crop_padding):
             x = self._augment(x)  # on the stored pixels, so padding is black (0), as stored

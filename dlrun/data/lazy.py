@@ -127,6 +127,53 @@ class Rows:
         return self.source[self.rows[rows]]
 
 
+class MappedArray:
+    """An array of a file, memory-mapped (np.memmap): rows are read from disk when a batch
+    takes them. Pickled as its file and place in it, never as its values (DataLoader workers
+    map the file again)."""
+
+    lazy = True
+
+    def __init__(self, array: np.memmap):
+        self.array = array
+        self.dtype, self.ndim, self.shape = array.dtype, array.ndim, array.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def read(self, rows, threads: int = 1) -> tuple[np.ndarray, list]:
+        return np.ascontiguousarray(self.array[np.asarray(rows, dtype=np.int64)]), []
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.ascontiguousarray(self.array[rows])
+
+    def __getstate__(self) -> dict:
+        a = self.array
+        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+        return {
+            "file": a.filename,
+            "offset": a.offset,
+            "dtype": a.dtype.str,
+            "shape": a.shape,
+            "order": order,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        mapped = np.memmap(
+            state["file"],
+            dtype=np.dtype(state["dtype"]),
+            mode="r",
+            offset=state["offset"],
+            shape=state["shape"],
+            order=state["order"],
+        )
+        self.__init__(mapped)
+
+
 def is_lazy(x: Any) -> bool:
     return bool(getattr(x, "lazy", False))
 
