@@ -183,3 +183,104 @@ def test_the_statistics_of_a_large_streamed_folder_come_from_a_seeded_sample(
     assert sampled[0].tolist() != full[0].tolist()
     np.testing.assert_allclose(sampled[0], full[0], atol=0.05)  # pixels in [0, 1]
     np.testing.assert_allclose(sampled[1], full[1], atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# npz: 'x' memory-mapped
+
+
+def npz_args(path: Path, *more: str) -> tuple[str, ...]:
+    return ("trainer.device=cpu", "trainer.max_epochs=2", "data=npz", f"data.path={path}", *more)
+
+
+@pytest.mark.parametrize("kind", ["images", "table", "regression"])
+def test_a_memory_mapped_npz_trains_exactly_as_the_file_in_memory(tmp_path, kind):
+    from sklearn.datasets import load_diabetes, load_digits
+
+    digits = load_digits()
+    if kind == "images":
+        x, y, model = (digits.images[:, None] * 15).astype(np.uint8), digits.target, "lenet5"
+    elif kind == "table":
+        x, y, model = digits.data, digits.target, "mlp"  # float64, read as float32
+    else:
+        diabetes = load_diabetes()
+        x, y, model = diabetes.data.astype(np.float32), diabetes.target, "mlp"
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y)
+    memory, memory_dir = train(tmp_path, *npz_args(path, "data.load=memory", f"model={model}"))
+    streamed, stream_dir = train(
+        tmp_path, *npz_args(path, "data.load=stream", f"model={model}"), name="stream"
+    )
+    assert metrics(stream_dir) == metrics(memory_dir)
+    assert streamed["test"] == memory["test"]
+    if kind != "regression":
+        assert streamed["test"]["accuracy"] > 0.85
+
+
+def test_a_memory_mapped_npz_is_read_a_batch_at_a_time(tmp_path, monkeypatch):
+    """Its rows are read when batches take them, never the whole file at once; workers get
+    the file's place, not its values."""
+    import pickle
+
+    from dlrun.data.lazy import MappedArray
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 40)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    path = tmp_path / "big.npz"
+    np.savez(path, x=x, y=y)
+    raw = np.load(path)  # noqa: F841 (the file is a plain np.savez archive)
+    reads = []
+    real = MappedArray.read
+
+    def read(self, rows, threads=1):
+        reads.append(len(rows))
+        return real(self, rows, threads)
+
+    monkeypatch.setattr(MappedArray, "read", read)
+    args = npz_args(
+        path, "data.memory_gb=0.0001", "trainer.workers=0", "trainer.batch_size=100", "model=mlp"
+    )
+    summary, _ = train(tmp_path, *args)  # 480,000 bytes > 100,000: auto streams
+    sizes = {"train": 2160, "val": 240, "test": 600}  # the default split of 3000 rows
+    # the statistics (the training rows, in one block here), the health probe (the first 256
+    # validation rows), then batches: 2 epochs of training and validation, then val and test
+    # (test twice: its scores, then the confusion matrix's outputs)
+    assert reads[:2] == [sizes["train"], sizes["val"]]
+    assert max(reads[2:]) == 100 and sum(reads[2:]) == 2 * (2160 + 240) + 240 + 2 * 600
+    assert summary["test"]["accuracy"] > 0.9
+    from omegaconf import OmegaConf
+
+    from dlrun.data import build_data
+
+    data = build_data(OmegaConf.to_object(make_cfg(*args)).data)
+    mapped = data.stored["train"].source
+    assert isinstance(mapped.array, np.memmap) and Path(mapped.array.filename) == path
+    assert len(pickle.dumps(mapped)) < 1000  # its place in the file, not 480,000 bytes
+    again = pickle.loads(pickle.dumps(mapped))
+    assert np.array_equal(again[[5, 2999]], x[[5, 2999]])
+
+
+def test_npz_files_that_cannot_be_mapped_are_read_whole_and_say_why(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 5)).astype(np.float32)
+    y = np.arange(60) % 2
+    np.savez_compressed(tmp_path / "small.npz", x=x, y=y)
+    np.savez(tmp_path / "padded.npz", x=x, y=y, lengths=np.full(60, 5))
+    from dlrun.data.lazy import is_lazy
+
+    for name, why in (
+        ("small", "it is compressed (np.savez_compressed; save it with np.savez to stream it)"),
+        ("padded", "it holds padded sequences ('lengths')"),
+    ):
+        from omegaconf import OmegaConf
+
+        from dlrun.registry import get_data
+
+        conf = OmegaConf.to_object(
+            make_cfg(*npz_args(tmp_path / f"{name}.npz", "data.load=stream"))
+        ).data
+        with caplog.at_level(logging.WARNING, logger="dlrun"):
+            raw = get_data("npz").load(conf)
+        assert not is_lazy(raw.x)
+        assert f"data.load=stream: {tmp_path / name}.npz is read whole: {why}" in caplog.text
