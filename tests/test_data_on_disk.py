@@ -248,7 +248,7 @@ def test_a_memory_mapped_npz_is_read_a_batch_at_a_time(tmp_path, monkeypatch):
     # (test twice: its scores, then the confusion matrix's outputs)
     assert reads[:2] == [sizes["train"], sizes["val"]]
     assert max(reads[2:]) == 100 and sum(reads[2:]) == 2 * (2160 + 240) + 240 + 2 * 600
-    assert summary["test"]["accuracy"] > 0.9
+    assert summary["test"]["accuracy"] > 0.75  # chance: 0.5
     from omegaconf import OmegaConf
 
     from dlrun.data import build_data
