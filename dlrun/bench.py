@@ -7,10 +7,12 @@ eager loop and the same loop with its whole step captured as one CUDA graph. Rep
 the median seconds per epoch of training steps of each, the ratio dlrun / best hand-written loop,
 peak memory, and what the training-health diagnostics cost (their measured time as a share of the
 epoch); plus the time of `dlrun --help` and, for a whole default `dlrun` run, the time from the
-process's start to its first training step. Printed as a table and written to
-outputs/bench/bench-<date>-<time>.json so runs can be compared.
+process's start to its first training step. Then the image-folder cases (dlrun.bench_folder):
+a generated folder of JPEGs streamed from disk, against torchvision's ImageFolder + DataLoader.
+Printed as tables and written to outputs/bench/bench-<date>-<time>.json so runs can be compared.
 
     python -m dlrun.bench [--scale 1.0] [--epochs 3] [--repeats 2] [--batch 128 512] [--device cpu]
+                          [--cases mlp lenet5 lstm folder_lenet5 folder_resnet18] [--workers 2]
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from dlrun.bench_folder import FOLDER_CASES, folder_cases
 
 # (case, model, one sample's shape, data kind, samples at --scale 1): the issue's cases
 CASES = [
@@ -274,6 +278,37 @@ def device_flag(text: str) -> str:
     return text
 
 
+def folder_table(rows: list[dict]):
+    """The image-folder cases: images/s of each loop (higher is better), dlrun's start to its
+    first step, and each one's peak resident memory."""
+    from rich.table import Table
+
+    table = Table(title="an image folder streamed from disk: dlrun vs ImageFolder + DataLoader")
+    for column in (
+        "case",
+        "images",
+        "dlrun img/s",
+        "hand img/s",
+        "ratio",
+        "first step s",
+        "dlrun peak MB",
+        "hand peak MB",
+    ):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(
+            r["case"],
+            f"{r['images']:,}",
+            f"{r['dlrun']['images_per_s']:.1f}",
+            f"{r['hand']['images_per_s']:.1f}",
+            f"{r['ratio']:.3f}",
+            f"{r['dlrun']['first_step_s']:.1f}",
+            f"{r['dlrun']['peak_mb']:.0f}",
+            f"{r['hand']['peak_mb']:.0f}",
+        )
+    return table
+
+
 def bench(argv: list[str] | None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -292,14 +327,17 @@ def bench(argv: list[str] | None) -> None:
     parser.add_argument(
         "--device", default="cpu", type=device_flag, help="cpu, cuda, cuda:N or auto"
     )
+    names = [c[0] for c in CASES] + [c[0] for c in FOLDER_CASES]
+    parser.add_argument("--cases", nargs="+", default=names, choices=names)
     parser.add_argument(
-        "--cases", nargs="+", default=[c[0] for c in CASES], choices=[c[0] for c in CASES]
+        "--workers", type=int, default=2, help="DataLoader workers of the image-folder cases"
     )
     parser.add_argument(
         "--out", default=None, help="JSON file (default: outputs/bench/bench-<time>.json)"
     )
     args = parser.parse_args(argv)
     result = run(args.scale, max(args.epochs, 2), args.repeats, args.batch, args.device, args.cases)
+    result["folder_cases"] = folder_cases(args.scale, args.workers, args.cases)
 
     table = Table(title=f"dlrun vs a hand-written loop ({result['machine']['device']})")
     columns = (
@@ -328,6 +366,8 @@ def bench(argv: list[str] | None) -> None:
             f"{r['peak_memory_mb']:.0f}",
         )
     Console().print(table)
+    if result["folder_cases"]:
+        Console().print(folder_table(result["folder_cases"]))
     cli = result["cli"]
     print(
         f"dlrun --help {cli['help_s']:.2f} s; a 1-epoch default run {cli['one_epoch_run_s']:.1f} s "

@@ -299,11 +299,14 @@ def probe(net, objective, x_val, y_val, lengths, spec, device):
     """The health monitor on a fixed probe batch of the validation split."""
     import torch
 
-    from dlrun.health import PROBE, Monitor
+    from dlrun.health import PROBE, PROBE_BYTES, Monitor
 
-    batch = {"x": x_val[:PROBE], "y": torch.as_tensor(np.asarray(y_val[:PROBE]), device=device)}
+    sample_bytes = 4 * math.prod(x_val.shape[1:])
+    n = min(PROBE, max(16, PROBE_BYTES // sample_bytes))
+
+    batch = {"x": x_val[:n], "y": torch.as_tensor(np.asarray(y_val[:n]), device=device)}
     if lengths is not None:
-        batch["lengths"] = lengths[:PROBE]
+        batch["lengths"] = lengths[:n]
     return Monitor(
         net,
         batch,

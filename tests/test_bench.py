@@ -18,6 +18,10 @@ def test_bench_writes_every_case(tmp_path):
     )
     result = json.loads(out.read_text())
     assert [c["case"] for c in result["cases"]] == ["mlp", "lenet5", "lstm"]
+    folders = result["folder_cases"]
+    assert [c["case"] for c in folders] == ["folder_lenet5", "folder_resnet18"]
+    for case in folders:
+        assert case["dlrun"]["streamed"] and case["ratio"] > 0 and case["dlrun"]["peak_mb"] > 0
     for case in result["cases"]:
         assert case["dlrun_s_per_epoch"] > 0 and case["hand_s_per_epoch"] > 0 and case["ratio"] > 0
         assert "diagnostics_cost" in case

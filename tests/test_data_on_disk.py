@@ -245,9 +245,9 @@ def test_a_memory_mapped_npz_is_read_a_batch_at_a_time(tmp_path, monkeypatch):
     sizes = {"train": 2160, "val": 240, "test": 600}  # the default split of 3000 rows
     # the statistics (the training rows, in one block here), the health probe (the first 256
     # validation rows), then batches: 2 epochs of training and validation, then val and test
-    # (test twice: its scores, then the confusion matrix's outputs)
+    # once (the confusion matrix takes the outputs the test scores came from)
     assert reads[:2] == [sizes["train"], sizes["val"]]
-    assert max(reads[2:]) == 100 and sum(reads[2:]) == 2 * (2160 + 240) + 240 + 2 * 600
+    assert max(reads[2:]) == 100 and sum(reads[2:]) == 2 * (2160 + 240) + 240 + 600
     assert summary["test"]["accuracy"] > 0.75  # chance: 0.5
     from omegaconf import OmegaConf
 

@@ -51,7 +51,7 @@ def load_npz(cfg: NpzConfig) -> RawData:
     mapped = mapped_x(path, cfg)
     arrays = read_npz(path, skip=("x",) if mapped is not None else ())
     if mapped is not None:
-        return mapped_npz(cfg, path, mapped, arrays)
+        arrays["x"] = mapped
     x, y = arrays["x"], arrays["y"]
     n = len(x)
     for key, array in arrays.items():
@@ -77,6 +77,14 @@ def load_npz(cfg: NpzConfig) -> RawData:
         num_targets=targets,
         class_names=classes,
     )
+    if mapped is not None:  # never padded: a file with lengths is read whole
+        log.info(
+            "data.load=%s: 'x' of %s (%.2f GB) is memory-mapped; batches read their rows from disk",
+            cfg.load,
+            path,
+            x.nbytes / 1e9,
+        )
+        return RawData(MappedArray(x), y, spec, fixed_split=fixed, pixel_max=pixel_max)
     if pixel_max is None:
         x = x.astype(np.float32)
     return RawData(x, y, spec, fixed_split=fixed, pixel_max=pixel_max, lengths=lengths)
@@ -126,38 +134,6 @@ def map_member(path: Path, member) -> np.memmap | None:
         return None  # read_npz refuses objects, with its message
     order = "F" if fortran else "C"
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
-
-
-def mapped_npz(cfg: NpzConfig, path: Path, x: np.memmap, arrays: dict) -> RawData:
-    """The file's data with 'x' memory-mapped: rows are read when a batch takes them."""
-    y, n = arrays["y"], len(x)
-    for key, array in arrays.items():
-        if len(array) != n:
-            raise UserError(
-                f"data.path: {path} has {n} samples in 'x' but {len(array)} in '{key}'; every "
-                "array needs one row per sample."
-            )
-    kind, shape, pixel_max = read_kind(x, path, False)
-    if kind == "sequence" and x.ndim == 2:
-        x = x.reshape(*x.shape, 1)
-    fixed = None if "split" not in arrays else read_split_array(arrays["split"], path)
-    y, task, classes, targets = read_targets(y, path, cfg.task)
-    spec = DataSpec(
-        name=cfg.name,
-        task=task,
-        kind=kind,
-        shape=shape,
-        num_classes=len(classes) if classes is not None else None,
-        num_targets=targets,
-        class_names=classes,
-    )
-    log.info(
-        "data.load=%s: 'x' of %s (%.2f GB) is memory-mapped; batches read their rows from disk",
-        cfg.load,
-        path,
-        x.nbytes / 1e9,
-    )
-    return RawData(MappedArray(x), y, spec, fixed_split=fixed, pixel_max=pixel_max)
 
 
 def read_npz(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,9 @@ def _skops(path: Path):
         raise UserError(f"{path} cannot be read (truncated or corrupted?): {ex}") from None
 
 
+WHOLE_HASH_BYTES = 2**30  # files up to 1 GB are hashed whole; larger ones by sampled blocks
+
+
 def fingerprints(cfg) -> dict[str, str]:
     """What the data came from, to tell later whether it changed: the content hash of the file
     `data.path` names, or the listing (relative names and sizes) of the folder `data.root`
@@ -203,7 +207,11 @@ def fingerprints(cfg) -> dict[str, str]:
     found = {}
     path = getattr(cfg, "path", None)
     if path:
-        found["data.path"] = "sha256:" + file_hash(Path(path).expanduser())
+        path = Path(path).expanduser()
+        if path.stat().st_size <= WHOLE_HASH_BYTES:
+            found["data.path"] = "sha256:" + file_hash(path)
+        else:  # reading a file larger than memory whole would delay the first step by minutes
+            found["data.path"] = "sampled-sha256:" + sampled_hash(path)
     root = getattr(cfg, "root", None)
     if root and Path(root).expanduser().is_dir():
         found["data.root"] = "listing-sha256:" + listing_hash(Path(root).expanduser())
@@ -218,8 +226,33 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sampled_hash(path: Path, blocks: int = 256, block: int = 1 << 16) -> str:
+    """The hash of a large file's size and of `blocks` blocks spread evenly through it: a
+    change of length or of any sampled block is seen without reading the whole file."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{size}\n".encode())
+    with path.open("rb") as f:
+        for k in range(blocks):
+            f.seek(k * max(0, size - block) // max(1, blocks - 1))
+            digest.update(f.read(block))
+    return digest.hexdigest()
+
+
 def listing_hash(root: Path) -> str:
+    """The hash of every file's path (relative to root) and size, in sorted order."""
+    found = []
+
+    def walk(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = prefix + entry.name
+                if entry.is_dir():
+                    walk(entry.path, name + os.sep)
+                elif entry.is_file():
+                    found.append((name, entry.stat().st_size))
+
+    walk(str(root), "")
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\n".encode())
+    for name, size in sorted(found, key=lambda f: f[0].split(os.sep)):  # as pathlib sorts
+        digest.update(f"{name}\0{size}\n".encode())
     return digest.hexdigest()
