@@ -365,7 +365,8 @@ def bench(argv: list[str] | None) -> None:
             f"{r['diagnostics_cost']:.1%}",
             f"{r['peak_memory_mb']:.0f}",
         )
-    Console().print(table)
+    if result["cases"]:
+        Console().print(table)
     if result["folder_cases"]:
         Console().print(folder_table(result["folder_cases"]))
     cli = result["cli"]

@@ -58,6 +58,7 @@ def make_folder(root: Path, n: int, seed: int = 0) -> Path:
         (root / f"class_{label}").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(write, range(n)))
+    os.sync()  # written back to disk now, not while the loops run
     return root
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 log = logging.getLogger("dlrun")
 
 PROBE = 256  # samples in the probe batch
-# ... or fewer, for large inputs: at most this many bytes of float32 inputs (its activations
-# and gradients take many times that; 224x224 RGB images: 53 samples)
-PROBE_BYTES = 2**25
+# ... or fewer for large inputs, down to 16: at most this many bytes of float32 inputs (its
+# activations and gradients take many times that; 224x224 RGB images: 16 samples, not 256)
+PROBE_BYTES = 2**23
 PROBE_WARMUP = 1  # eager probes before it is captured as a CUDA graph
 
 
