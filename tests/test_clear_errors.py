@@ -326,7 +326,8 @@ def test_a_fifo_is_not_read_as_input_or_image(tmp_path, forest):
     result = cli("data=image_folder", "data.root=images", "model=lenet5", cwd=tmp_path, timeout=60)
     fails_with(
         result,
-        f"data.root: {tmp_path / 'images' / 'b' / '3.png'} is not a regular file (a FIFO). ",
+        f"data.root: 1 of the 7 images in {tmp_path / 'images'} cannot be read:\n"
+        f"  {tmp_path / 'images' / 'b' / '3.png'}: is not a regular file (a FIFO)\n",
     )
 
 

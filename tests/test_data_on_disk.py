@@ -72,6 +72,11 @@ def test_a_streamed_folder_trains_exactly_as_the_folder_in_memory(tmp_path, phot
     assert metrics(stream_dir) == metrics(memory_dir)  # every loss, metric and norm, bit for bit
     assert streamed["val"] == memory["val"] and streamed["test"] == memory["test"]
     assert streamed["test"]["accuracy"] > 0.6  # the stripes are learnt: 3 classes, chance 0.33
+    # dlrun-eval reads the folder again, streamed as it trained, and finds the same metrics
+    from dlrun.use import evaluate
+
+    again = evaluate(stream_dir, [], tmp_path / "eval")
+    assert again["test"] == streamed["test"] and again["val"] == streamed["val"]
     # auto streams above data.memory_gb (72 images of 3x20x20 bytes: 86,400 bytes)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dlrun"):

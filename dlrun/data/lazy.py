@@ -75,7 +75,11 @@ class ImageFiles:
                     regular_file(path, "data.root", "an image file")  # a FIFO would block
                     with Image.open(path) as image:
                         pixels = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-                except (UnidentifiedImageError, OSError, ValueError, UserError) as ex:
+                except UserError as ex:  # not there any more, or a FIFO, socket or device
+                    why = str(ex).split(f"{path} ", 1)[-1].split(". Give the path")[0]
+                    bad.append((i, path, why))
+                    continue
+                except (UnidentifiedImageError, OSError, ValueError) as ex:
                     why = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
                     bad.append((i, path, why.replace(f" {path!r}", "")))  # named once
                     continue
