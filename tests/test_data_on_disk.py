@@ -186,6 +186,9 @@ def test_the_statistics_of_a_large_streamed_folder_come_from_a_seeded_sample(
     assert "reading 20 of the 51 training images for their statistics" in caplog.text
     assert build_data(conf).norm[0].tolist() == sampled[0].tolist()  # the same draw each time
     assert sampled[0].tolist() != full[0].tolist()
+    # the folder decoded into memory is normalized by the same sample: both paths train alike
+    memory = OmegaConf.to_object(make_cfg(*folder_args(photos, "data.load=memory"))).data
+    assert [a.tolist() for a in build_data(memory).norm] == [a.tolist() for a in sampled]
     np.testing.assert_allclose(sampled[0], full[0], atol=0.05)  # pixels in [0, 1]
     np.testing.assert_allclose(sampled[1], full[1], atol=0.05)
 

@@ -172,6 +172,9 @@ class RawData:
     feature_names: tuple[str, ...] | None = None
     # Sequences padded to spec.shape[0] steps: each sample's valid steps (N,), the first ones
     lengths: np.ndarray | None = None
+    # Normalization statistics from a seeded sample of the training rows when there are many
+    # (dlrun.data.lazy.STATS_SAMPLE): image files, which are slow to decode
+    sampled_statistics: bool = False
 
 
 def build_data(cfg, fitted=None) -> DataModule:
@@ -222,6 +225,9 @@ def build_data(cfg, fitted=None) -> DataModule:
     if cfg.normalize and spec.vocab_size is None:  # token ids are not normalized
         if fitted is not None and fitted.norm is not None:
             norm = fitted.norm
+        elif raw.sampled_statistics and len(train) > stats_sample():  # as when streamed
+            rows = statistics_rows(train, cfg.split_seed)
+            norm = _statistics(spec, pixels_to_float(raw.x[rows], pixel_max))
         else:
             norm = _statistics(spec, xs[0], None if lengths is None else lengths[0])
         xs = [((x - norm[0]) / norm[1]).astype(np.float32) for x in xs]
@@ -256,7 +262,7 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
     """The splits of samples read from disk (dlrun.data.lazy): each a view of the files, with
     the normalization statistics of the training split (of a seeded sample of it when it is
     large: dlrun.data.lazy.STATS_SAMPLE)."""
-    from dlrun.data.lazy import STATS_SAMPLE, Rows, read_all, unreadable
+    from dlrun.data.lazy import Rows, read_all, unreadable
     from dlrun.data.preprocess import fingerprints
 
     train, val, test = parts
@@ -271,10 +277,7 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
     if cfg.normalize and norm is None and not hasattr(raw.x, "paths"):  # arrays: every row
         norm = array_statistics(raw.spec, Rows(raw.x, train), raw.pixel_max)
     if cfg.normalize and norm is None:
-        rows = train
-        if len(train) > STATS_SAMPLE:
-            rng = np.random.default_rng(cfg.split_seed)
-            rows = np.sort(rng.choice(train, STATS_SAMPLE, replace=False))
+        rows = statistics_rows(train, cfg.split_seed)
         what = f"reading {len(rows):,} of the {len(train):,} training images for their statistics"
         x, bad = read_all(Rows(raw.x, rows), what)
         if bad:
@@ -304,6 +307,21 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
         sources=fingerprints(cfg),
         on_bad_file=getattr(cfg, "on_bad_file", "error"),
     )
+
+
+def stats_sample() -> int:
+    from dlrun.data import lazy
+
+    return lazy.STATS_SAMPLE
+
+
+def statistics_rows(train: np.ndarray, seed: int) -> np.ndarray:
+    """The training rows an image folder's statistics come from: all of them, or STATS_SAMPLE
+    drawn with the split's seed (in memory and streamed alike, so both normalize the same)."""
+    if len(train) <= stats_sample():
+        return train
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(train, stats_sample(), replace=False))
 
 
 def array_statistics(spec: DataSpec, train, pixel_max: int | None, block_bytes: int = 2**27):

@@ -308,8 +308,8 @@ def load_image_folder(cfg: ImageFolderConfig) -> RawData:
             f"{len(files):,}",
             files.nbytes / 1e9,
         )
-        return RawData(files, y, spec, pixel_max=255)
+        return RawData(files, y, spec, pixel_max=255, sampled_statistics=True)
     x, bad = read_all(files, f"reading images from {root}")
     if bad:
         x, y = without_bad_files(x, y, bad, cfg.on_bad_file, root, classes)
-    return RawData(x, y, spec, pixel_max=255)
+    return RawData(x, y, spec, pixel_max=255, sampled_statistics=True)
