@@ -337,7 +337,7 @@ def bench(argv: list[str] | None) -> None:
     )
     args = parser.parse_args(argv)
     result = run(args.scale, max(args.epochs, 2), args.repeats, args.batch, args.device, args.cases)
-    result["folder_cases"] = folder_cases(args.scale, args.workers, args.cases)
+    result["folder_cases"] = folder_cases(args.scale, args.workers, args.cases, args.device)
 
     table = Table(title=f"dlrun vs a hand-written loop ({result['machine']['device']})")
     columns = (

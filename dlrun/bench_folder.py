@@ -82,7 +82,7 @@ def dlrun_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "dlrun"]
 
 
-def dlrun_case(root: Path, model: str, batch: int, workers: int, where: Path) -> dict:
+def dlrun_case(root: Path, model: str, batch: int, workers: int, where: Path, device: str) -> dict:
     """One epoch of `dlrun` on the folder, as a user runs it, streamed from disk."""
     run_dir = where / f"dlrun-{model}"
     command = [
@@ -95,7 +95,7 @@ def dlrun_case(root: Path, model: str, batch: int, workers: int, where: Path) ->
         "trainer.max_epochs=1",
         f"trainer.batch_size={batch}",
         f"trainer.workers={workers}",
-        "trainer.device=cpu",
+        f"trainer.device={device}",
         f"hydra.run.dir={run_dir}",
     ]
     _, wall, peak = measured(command)
@@ -111,7 +111,7 @@ def dlrun_case(root: Path, model: str, batch: int, workers: int, where: Path) ->
     }
 
 
-def hand_case(root: Path, model: str, batch: int, workers: int, images: int) -> dict:
+def hand_case(root: Path, model: str, batch: int, workers: int, images: int, device: str) -> dict:
     """The hand-written loop, in its own process."""
     command = [
         sys.executable,
@@ -127,13 +127,15 @@ def hand_case(root: Path, model: str, batch: int, workers: int, images: int) -> 
         str(workers),
         "--images",
         str(images),
+        "--device",
+        device,
     ]
     done, wall, peak = measured(command)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {**result, "wall_s": wall, "peak_mb": peak}
 
 
-def hand_loop(root: str, model: str, batch: int, workers: int, images: int) -> dict:
+def hand_loop(root: str, model: str, batch: int, workers: int, images: int, device: str) -> dict:
     """torchvision's ImageFolder and a DataLoader, the way PyTorch's tutorials train: `images`
     random images of the folder for one epoch, Adam, cross-entropy. Returns images/s."""
     import torch
@@ -146,6 +148,9 @@ def hand_loop(root: str, model: str, batch: int, workers: int, images: int) -> d
 
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # as dlrun runs do
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as dlrun runs do
     transform = transforms.Compose(
         [
             transforms.Resize((224, 224)),
@@ -162,20 +167,24 @@ def hand_loop(root: str, model: str, batch: int, workers: int, images: int) -> d
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        pin_memory=device.type == "cuda",
     )
     spec = DataSpec("bench", "classification", "image", (3, 224, 224), num_classes=CLASSES)
     conf = OmegaConf.to_object(compose_model(model))
-    net = get_model(model).build(conf.model, spec)
+    net = get_model(model).build(conf.model, spec).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
     start = time.perf_counter()
     seen = 0
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x), y)
         loss.backward()
         optimizer.step()
         seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return {"images_per_s": seen / (time.perf_counter() - start), "train_images": seen}
 
 
@@ -190,7 +199,7 @@ def compose_model(model: str):
         return compose(config_name="train", overrides=MODEL_ARGS[model])
 
 
-def folder_cases(scale: float, workers: int, cases: list[str]) -> list[dict]:
+def folder_cases(scale: float, workers: int, cases: list[str], device: str = "cpu") -> list[dict]:
     """The image-folder cases chosen, each folder written once into a temporary folder."""
     rows = []
     for case, model, images, batch in FOLDER_CASES:
@@ -201,8 +210,8 @@ def folder_cases(scale: float, workers: int, cases: list[str]) -> list[dict]:
             started = time.perf_counter()
             root = make_folder(Path(where) / "images", n)
             made = time.perf_counter() - started
-            ours = dlrun_case(root, model, batch, workers, Path(where))
-            theirs = hand_case(root, model, batch, workers, ours["train_images"])
+            ours = dlrun_case(root, model, batch, workers, Path(where), device)
+            theirs = hand_case(root, model, batch, workers, ours["train_images"], device)
         row = {
             "case": case,
             "images": n,
@@ -232,8 +241,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--images", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(json.dumps(hand_loop(args.root, args.model, args.batch, args.workers, args.images)))
+    found = hand_loop(args.root, args.model, args.batch, args.workers, args.images, args.device)
+    print(json.dumps(found))
 
 
 if __name__ == "__main__":
