@@ -398,8 +398,8 @@ def prepare(conf, fitted=None) -> Prepared:
     if lazy and (entry.family != "torch" or entry.objective == "gan"):
         raise ConfigError(
             f"data.load: {entry.name} needs every sample in memory, and {conf.data.name} is read "
-            "from disk a batch at a time (its decoded samples would take "
-            f"{sum(data.split(s)[0].nbytes for s in SPLITS) / 1e9:.2f} GB). Set "
+            "from disk a batch at a time (its samples would take "
+            f"{sum(data.split(s)[0].nbytes for s in SPLITS) / 1e9:.2f} GB in memory). Set "
             "data.load=memory, or train a network."
         )
     splits = {

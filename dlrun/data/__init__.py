@@ -90,7 +90,11 @@ SPLITS = ("train", "val", "test")
 class DataModule:
     """Train / val / test splits as numpy arrays (features float32, normalized and resized;
     classes int64 or targets float32), and the spec they share. Images also keep `stored`, the
-    samples as they go to the training device (see `dlrun.data.device.device_inputs`)."""
+    samples as they go to the training device (see `dlrun.data.device.device_inputs`).
+
+    Data read from disk a batch at a time (dlrun.data.lazy) has `dlrun.data.lazy.Rows` views in
+    x_train, x_val, x_test and `stored` alike: samples as loaded (uint8 pixels, or the file's
+    values), prepared for the model on the device (`DeviceInputs.prepare`)."""
 
     spec: DataSpec
     x_train: np.ndarray
