@@ -225,8 +225,13 @@ def is_active(folder: Path, marker_name: str = RUN_MARKER) -> bool:
 
 def release(run_dir: Path) -> None:
     """Drop this process's lock on a folder (the marker stays: the folder holds a run)."""
+    import fcntl
+
     claim = _HELD.pop(_key(run_dir), None)
     if claim is not None:
+        # unlocked first: processes forked while it was held (DataLoader workers still alive)
+        # share the lock, and closing this descriptor alone would leave it to them
+        fcntl.flock(claim.fd, fcntl.LOCK_UN)
         os.close(claim.fd)
 
 

@@ -143,24 +143,34 @@ def test_unreadable_streamed_images_are_named_then_skipped_or_refused(tmp_path, 
     assert broken_val in done.stderr and "then resume" in done.stderr
 
 
-def test_a_reader_process_that_dies_ends_the_run_with_a_message(tmp_path, photos, monkeypatch):
+def test_a_reader_process_that_dies_ends_the_run_with_a_message_and_it_resumes(
+    tmp_path, photos, monkeypatch
+):
     import torch.utils.data
 
     from dlrun.data.lazy import ImageFiles
 
-    real = ImageFiles.read
+    args = folder_args(photos, "data.load=stream", "trainer.max_epochs=3")
+    _, whole = train(tmp_path, *args, name="whole")
+    real, calls = ImageFiles.read, {"n": 0}
 
     def read(self, rows, threads=1):
-        if torch.utils.data.get_worker_info() is not None:  # in a DataLoader worker: killed
-            os.kill(os.getpid(), signal.SIGKILL)
+        if torch.utils.data.get_worker_info() is not None:  # in a DataLoader worker
+            calls["n"] += 1  # this process's own count
+            if calls["n"] == 3:  # a training worker's first batch of epoch 2: killed
+                os.kill(os.getpid(), signal.SIGKILL)
         return real(self, rows, threads)
 
     monkeypatch.setattr(ImageFiles, "read", read)
     with pytest.raises(UserError) as stopped:
-        train(tmp_path, *folder_args(photos, "data.load=stream"), name="killed")
+        train(tmp_path, *args, name="killed")
     message = str(stopped.value)
     assert message.startswith("trainer.workers: a process that reads the data stopped (DataLoader")
     assert "pid" in message and "trainer.resume" in message
+    assert [r["epoch"] for r in read_metrics(tmp_path / "killed")] == [1]
+    monkeypatch.setattr(ImageFiles, "read", real)
+    train(tmp_path, *args, f"trainer.resume={tmp_path / 'killed'}", name="resumed")
+    assert metrics(tmp_path / "killed") == metrics(whole)
 
 
 def test_models_that_need_the_data_in_memory_say_so(tmp_path, photos):
