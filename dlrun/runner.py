@@ -353,13 +353,12 @@ class Prepared:
 
     def inputs(self, split: str, tcfg):
         """The split's model inputs on the device: a tensor, or LazyInputs for samples read
-        from disk (trainer.workers read them ahead, trainer.batch_size at a time)."""
+        from disk (trainer.workers read them ahead, trainer.batch_size at a time, for one pass:
+        the workers end with it)."""
         from dlrun.data.lazy import on_device
 
-        x = self.splits[split][0]
-        return on_device(
-            x, self.data, split, self.device, self.takes, tcfg.workers, tcfg.batch_size
-        )
+        x, size = self.splits[split][0], tcfg.batch_size
+        return on_device(x, self.data, split, self.device, self.takes, tcfg.workers, size, False)
 
     @property
     def lengths(self) -> dict | None:

@@ -58,7 +58,7 @@ class BatchLoader:
     """`epoch(batches)` yields a dict of CPU tensors (pinned on CUDA) for each batch of rows:
     x, y, lengths for padded sequences, and `bad` for files that could not be read."""
 
-    def __init__(self, x, y: np.ndarray, workers: int, pin: bool, lengths=None):
+    def __init__(self, x, y: np.ndarray, workers: int, pin: bool, lengths=None, persistent=True):
         import torch
         from torch.utils.data import DataLoader
 
@@ -69,7 +69,7 @@ class BatchLoader:
             batch_size=None,  # each item already is a batch
             num_workers=workers,
             pin_memory=pin,
-            persistent_workers=workers > 0,  # workers start once, not every epoch
+            persistent_workers=persistent and workers > 0,  # started once, not every epoch
             prefetch_factor=4 if workers > 0 else None,
             # the workers' seeds come from here, not from torch's global generator: streaming
             # leaves the draws of augmentation and dropout as they are on the device

@@ -208,9 +208,9 @@ class LazyInputs:
     `x[a:b]` (read here), and `batches(size)` (read ahead by DataLoader workers) give the values
     the in-memory path gives (dlrun.data.device.DeviceInputs.prepare)."""
 
-    def __init__(self, stored: Rows, prepare, device, workers: int, batch: int = 1024):
+    def __init__(self, stored: Rows, prepare, device, workers: int, batch=1024, persistent=True):
         self.stored, self.prepare, self.device = stored, prepare, device
-        self.workers, self.batch = workers, batch
+        self.workers, self.batch, self.persistent = workers, batch, persistent
         self.shape = (len(stored), *prepare.shape)
         self.ndim = len(self.shape)
         self.loader = None  # its workers start on the first pass and stay
@@ -251,7 +251,9 @@ class LazyInputs:
         if self.loader is None:
             pin = self.device.type == "cuda"
             zeros = np.zeros(n, dtype=np.int64)
-            self.loader = BatchLoader(self.stored, zeros, self.workers, pin=pin)
+            self.loader = BatchLoader(
+                self.stored, zeros, self.workers, pin=pin, persistent=self.persistent
+            )
         for rows, got in zip(parts, self.loader.epoch(parts), strict=True):
             self.refuse(got.get("bad", []), len(rows))
             yield slice(int(rows[0]), int(rows[-1]) + 1), self._ready(got["x"])
@@ -267,9 +269,12 @@ def in_batches(x, size: int):
         yield part, x[part]
 
 
-def on_device(x, data, split: str, device, takes: str | None, workers: int = 0, batch=1024):
+def on_device(
+    x, data, split: str, device, takes: str | None, workers=0, batch=1024, persistent=True
+):
     """A split's inputs `x` (as Prepared.splits holds them) on `device`: a tensor, or
-    LazyInputs for samples read from disk, `batch` at a time."""
+    LazyInputs for samples read from disk, `batch` at a time (by workers that stay between
+    passes when `persistent`: a split read every epoch)."""
     import torch
 
     if not is_lazy(x):
@@ -277,7 +282,7 @@ def on_device(x, data, split: str, device, takes: str | None, workers: int = 0, 
     from dlrun.data.device import device_inputs
 
     prepare = device_inputs(data, split, device, takes, copy=False)
-    return LazyInputs(x, prepare, device, workers, batch)
+    return LazyInputs(x, prepare, device, workers, batch, persistent)
 
 
 def read_all(source, what: str) -> tuple[np.ndarray, list]:
