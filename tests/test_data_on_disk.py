@@ -302,3 +302,19 @@ def test_npz_files_that_cannot_be_mapped_are_read_whole_and_say_why(tmp_path, ca
             raw = get_data("npz").load(conf)
         assert not is_lazy(raw.x)
         assert f"data.load=stream: {tmp_path / name}.npz is read whole: {why}" in caplog.text
+
+
+def test_a_nan_in_a_memory_mapped_npz_is_named_as_in_memory(tmp_path):
+    x = np.random.default_rng(0).standard_normal((200, 6)).astype(np.float32)
+    x[17, 4] = np.nan
+    path = tmp_path / "nan.npz"
+    np.savez(path, x=x, y=np.arange(200) % 2)
+    messages = []
+    for load in ("memory", "stream"):
+        with pytest.raises(UserError) as refused:
+            train(tmp_path, *npz_args(path, f"data.load={load}", "model=mlp"), name=load)
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1]
+    assert messages[1].startswith(
+        "data: npz has 1 NaN input value(s); the first is sample 17, feature 4"
+    )

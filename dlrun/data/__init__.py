@@ -331,13 +331,15 @@ def statistics_rows(train: np.ndarray, seed: int) -> np.ndarray:
 def array_statistics(spec: DataSpec, train, pixel_max: int | None, block_bytes: int = 2**27):
     """`_statistics` of the training rows of a memory-mapped array, read a block at a time
     (all at once when they take at most `block_bytes`, which gives exactly the in-memory
-    values): per channel for images, per feature otherwise, in float64."""
+    values): per channel for images, per feature otherwise, in float64. A NaN or infinite
+    value met on the way is refused as in memory (the first block that holds one is counted)."""
     from dlrun.report import item_progress
 
     n = len(train)
     if train.nbytes <= block_bytes:
-        x, _ = train.read(np.arange(n))
-        return _statistics(spec, pixels_to_float(x, pixel_max))
+        x = pixels_to_float(train.read(np.arange(n))[0], pixel_max)
+        _check_finite(x, train.rows, spec)  # NaN or infinite inputs named, as in memory
+        return _statistics(spec, x)
     axes = (0, 2, 3) if spec.kind == "image" else tuple(range(len(train.shape) - 1))
     step = max(1, block_bytes // max(1, train.nbytes // n))
     blocks = [np.arange(s, min(s + step, n)) for s in range(0, n, step)]
@@ -345,7 +347,9 @@ def array_statistics(spec: DataSpec, train, pixel_max: int | None, block_bytes: 
     count = 0
     with item_progress("the training rows' statistics", 2 * n) as advance:
         for rows in blocks:  # the mean, then the squared deviations from it
-            x = pixels_to_float(train.read(rows)[0], pixel_max).astype(np.float64)
+            x = pixels_to_float(train.read(rows)[0], pixel_max)
+            _check_finite(x, train.rows[rows], spec)
+            x = x.astype(np.float64)
             part = x.sum(axis=axes, keepdims=True)
             total = part if total is None else total + part
             count += x.size // part.size
