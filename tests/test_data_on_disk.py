@@ -318,3 +318,20 @@ def test_a_nan_in_a_memory_mapped_npz_is_named_as_in_memory(tmp_path):
     assert messages[1].startswith(
         "data: npz has 1 NaN input value(s); the first is sample 17, feature 4"
     )
+    # in a test row, the streamed run finds it when the test split is read, with the same words
+    from omegaconf import OmegaConf
+
+    from dlrun.data import build_data
+
+    x[17, 4] = 0.0
+    np.savez(path, x=x, y=np.arange(200) % 2)
+    conf = OmegaConf.to_object(make_cfg(*npz_args(path, "data.load=stream"))).data
+    test_row = int(build_data(conf).stored["test"].rows[3])
+    x[test_row, 2] = np.inf
+    np.savez(path, x=x, y=np.arange(200) % 2)
+    with pytest.raises(UserError) as refused:
+        train(tmp_path, *npz_args(path, "data.load=stream", "model=mlp"), name="test_row")
+    assert str(refused.value).startswith(
+        "data: npz has 1 infinite input value(s) (or beyond float32's range, ±3.4e+38); the "
+        f"first is sample {test_row}, feature 2."
+    )

@@ -229,7 +229,17 @@ class LazyInputs:
         rows = np.arange(len(self))[part]
         x, bad = self.stored.read(rows, threads=read_threads())
         self.refuse(bad, len(rows))
+        self.check_finite(x, rows)
         return self._ready(x)
+
+    def check_finite(self, x, rows) -> None:
+        """A NaN or infinite value of a file's float samples is named as in memory (where
+        every split is checked when it loads)."""
+        from dlrun.data import _check_finite
+
+        if np.dtype(x.dtype).kind == "f":
+            x = np.asarray(x)
+            _check_finite(x, self.stored.rows[rows], self.prepare.spec)
 
     def refuse(self, bad: list, total: int) -> None:
         """Validation and test are measured on every sample: an unreadable file there stops the
@@ -256,6 +266,7 @@ class LazyInputs:
             )
         for rows, got in zip(parts, self.loader.epoch(parts), strict=True):
             self.refuse(got.get("bad", []), len(rows))
+            self.check_finite(got["x"].numpy(), rows)
             yield slice(int(rows[0]), int(rows[-1]) + 1), self._ready(got["x"])
 
 
