@@ -127,20 +127,16 @@ class TrainBatches:
         each named once in the log), or the run stops naming them (error)."""
         import torch
 
-        from dlrun.data.lazy import unreadable
+        from dlrun.data.lazy import log_skipped, unreadable
         from dlrun.errors import UserError
 
         bad = parts.pop("bad")
         if self.on_bad_file != "skip":
             raise UserError(unreadable(bad, len(parts["y"]), " of a training batch"))
-        new = [(path, why) for _, path, why in bad if path not in self.skipped]
+        new = [item for item in bad if item[1] not in self.skipped]
         if new:
-            self.skipped.update(path for path, _ in new)
-            log.warning(
-                "data.on_bad_file=skip: %d unreadable training image(s) left out:\n%s",
-                len(new),
-                "\n".join(f"  {path}: {why}" for path, why in new),
-            )
+            self.skipped.update(path for _, path, _ in new)
+            log_skipped(new)
         keep = np.ones(len(parts["y"]), dtype=bool)
         keep[[i for i, _, _ in bad]] = False
         keep = torch.from_numpy(keep)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.bench_folder import FOLDER_CASES, folder_cases
+from dlrun.bench_folder import FOLDER_CASES, dlrun_command, folder_cases
 
 # (case, model, one sample's shape, data kind, samples at --scale 1): the issue's cases
 CASES = [
@@ -146,9 +146,7 @@ def peak_memory_mb(device) -> float:
 def cli_times() -> dict[str, float]:
     """`dlrun --help`, and a whole default run of one epoch: start to exit, and start to its
     first training step, in seconds."""
-    script = Path(sys.executable).with_name("dlrun")
-    dlrun = str(script) if script.exists() else None
-    command = [dlrun] if dlrun else [sys.executable, "-m", "dlrun"]  # not installed: the source
+    command = dlrun_command()
     helps = []
     for _ in range(3):
         start = time.perf_counter()

@@ -139,7 +139,6 @@ def hand_loop(root: str, model: str, batch: int, workers: int, images: int, devi
     """torchvision's ImageFolder and a DataLoader, the way PyTorch's tutorials train: `images`
     random images of the folder for one epoch, Adam, cross-entropy. Returns images/s."""
     import torch
-    from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
@@ -170,7 +169,9 @@ def hand_loop(root: str, model: str, batch: int, workers: int, images: int, devi
         pin_memory=device.type == "cuda",
     )
     spec = DataSpec("bench", "classification", "image", (3, 224, 224), num_classes=CLASSES)
-    conf = OmegaConf.to_object(compose_model(model))
+    from dlrun.bench import make_conf  # the in-memory cases' config, with this model's settings
+
+    conf = make_conf(model, batch, 1, str(device), *MODEL_ARGS[model][1:])
     net = get_model(model).build(conf.model, spec).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
@@ -186,17 +187,6 @@ def hand_loop(root: str, model: str, batch: int, workers: int, images: int, devi
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {"images_per_s": seen / (time.perf_counter() - start), "train_images": seen}
-
-
-def compose_model(model: str):
-    from hydra import compose, initialize_config_dir
-
-    from dlrun.catalog import load_catalog
-    from dlrun.cli import CONFIG_DIR
-
-    load_catalog()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose(config_name="train", overrides=MODEL_ARGS[model])
 
 
 def folder_cases(scale: float, workers: int, cases: list[str], device: str = "cpu") -> list[dict]:

@@ -229,9 +229,12 @@ def build_data(cfg, fitted=None) -> DataModule:
     if cfg.normalize and spec.vocab_size is None:  # token ids are not normalized
         if fitted is not None and fitted.norm is not None:
             norm = fitted.norm
-        elif raw.sampled_statistics and len(train) > stats_sample():  # as when streamed
+        elif raw.sampled_statistics:  # image files: from the rows a streamed run reads
+            from dlrun.data.lazy import statistics_rows
+
             rows = statistics_rows(train, cfg.split_seed)
-            norm = _statistics(spec, pixels_to_float(raw.x[rows], pixel_max))
+            sample = xs[0] if rows is train else pixels_to_float(raw.x[rows], pixel_max)
+            norm = _statistics(spec, sample)
         else:
             norm = _statistics(spec, xs[0], None if lengths is None else lengths[0])
         xs = [((x - norm[0]) / norm[1]).astype(np.float32) for x in xs]
@@ -266,7 +269,7 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
     """The splits of samples read from disk (dlrun.data.lazy): each a view of the files, with
     the normalization statistics of the training split (of a seeded sample of it when it is
     large: dlrun.data.lazy.STATS_SAMPLE)."""
-    from dlrun.data.lazy import Rows, read_all, unreadable
+    from dlrun.data.lazy import Rows, log_skipped, read_all, statistics_rows, unreadable
     from dlrun.data.preprocess import fingerprints
 
     train, val, test = parts
@@ -278,9 +281,9 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
     if raw.spec.task == "regression":
         _check_target_varies(raw.y, parts, raw.spec.name)
     norm = None if fitted is None else fitted.norm
-    if cfg.normalize and norm is None and not hasattr(raw.x, "paths"):  # arrays: every row
+    if cfg.normalize and norm is None and not raw.sampled_statistics:  # arrays: every row
         norm = array_statistics(raw.spec, Rows(raw.x, train), raw.pixel_max)
-    if cfg.normalize and norm is None:
+    if cfg.normalize and norm is None:  # image files: a seeded sample of them
         rows = statistics_rows(train, cfg.split_seed)
         what = f"reading {len(rows):,} of the {len(train):,} training images for their statistics"
         x, bad = read_all(Rows(raw.x, rows), what)
@@ -288,7 +291,7 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
             if cfg.on_bad_file != "skip":
                 raise UserError(unreadable(bad, len(rows), " read for the statistics"))
             gone = rows[[i for i, _, _ in bad]]
-            log_bad(bad)
+            log_skipped(bad)
             train = train[~np.isin(train, gone)]
             x = np.delete(x, [i for i, _, _ in bad], axis=0)
         norm = _statistics(raw.spec, pixels_to_float(x, raw.pixel_max))
@@ -311,21 +314,6 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
         sources=fingerprints(cfg),
         on_bad_file=getattr(cfg, "on_bad_file", "error"),
     )
-
-
-def stats_sample() -> int:
-    from dlrun.data import lazy
-
-    return lazy.STATS_SAMPLE
-
-
-def statistics_rows(train: np.ndarray, seed: int) -> np.ndarray:
-    """The training rows an image folder's statistics come from: all of them, or STATS_SAMPLE
-    drawn with the split's seed (in memory and streamed alike, so both normalize the same)."""
-    if len(train) <= stats_sample():
-        return train
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(train, stats_sample(), replace=False))
 
 
 def array_statistics(spec: DataSpec, train, pixel_max: int | None, block_bytes: int = 2**27):
@@ -363,16 +351,6 @@ def array_statistics(spec: DataSpec, train, pixel_max: int | None, block_bytes: 
     std = np.sqrt(squares / count).astype(np.float32)
     std[std == 0] = 1.0
     return mean.astype(np.float32), std
-
-
-def log_bad(bad: list) -> None:
-    import logging
-
-    logging.getLogger("dlrun").warning(
-        "data.on_bad_file=skip: %d unreadable training image(s) left out:\n%s",
-        len(bad),
-        "\n".join(f"  {path}: {why}" for _, path, why in bad),
-    )
 
 
 def pixels_to_float(x: np.ndarray, pixel_max: int | None) -> np.ndarray:

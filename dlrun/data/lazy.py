@@ -186,14 +186,36 @@ def read_threads() -> int:
     return min(READ_THREADS, os.cpu_count() or 1)
 
 
+def listed(bad: list, limit: int | None = 10) -> str:
+    """Files that cannot be read, [(row, path, why)], a line each (the first `limit`)."""
+    shown = "\n".join(f"  {path}: {why}" for _, path, why in bad[:limit])
+    return shown + (f"\n  and {len(bad) - limit} more" if limit and len(bad) > limit else "")
+
+
 def unreadable(bad: list, total: int, where: str = "", advice: str = "") -> str:
     """The message for files that cannot be read: every one (up to 10) with its path and why."""
-    shown = "\n".join(f"  {path}: {why}" for _, path, why in bad[:10])
-    more = f"\n  and {len(bad) - 10} more" if len(bad) > 10 else ""
     return (
-        f"data.root: {len(bad)} of the {total} images{where} cannot be read:\n{shown}{more}\n"
+        f"data.root: {len(bad)} of the {total} images{where} cannot be read:\n{listed(bad)}\n"
         + (advice or "Fix or remove them, or set data.on_bad_file=skip to train without them.")
     )
+
+
+def log_skipped(bad: list, what: str = "training image(s)", limit: int | None = None) -> None:
+    """data.on_bad_file=skip: the files left out, named in the log."""
+    import logging
+
+    logging.getLogger("dlrun").warning(
+        "data.on_bad_file=skip: %d unreadable %s left out:\n%s", len(bad), what, listed(bad, limit)
+    )
+
+
+def statistics_rows(train: np.ndarray, seed: int) -> np.ndarray:
+    """The training rows an image folder's statistics come from: all of them, or STATS_SAMPLE
+    drawn with the split's seed (in memory and streamed alike, so both normalize the same)."""
+    if len(train) <= STATS_SAMPLE:
+        return train
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(train, STATS_SAMPLE, replace=False))
 
 
 def decide_load(asked: str, nbytes: int, limit_gb: float) -> bool:

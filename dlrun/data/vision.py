@@ -23,7 +23,15 @@ from omegaconf import MISSING
 from dlrun.config import setting
 from dlrun.data import DataSpec, RawData
 from dlrun.data.device import ImageDataConfig
-from dlrun.data.lazy import LOADS, MEMORY_GB, ImageFiles, decide_load, read_all, unreadable
+from dlrun.data.lazy import (
+    LOADS,
+    MEMORY_GB,
+    ImageFiles,
+    decide_load,
+    log_skipped,
+    read_all,
+    unreadable,
+)
 from dlrun.errors import UserError
 from dlrun.registry import register_data
 
@@ -228,11 +236,7 @@ def without_bad_files(x, y, bad: list, how: str, root: Path, classes: list):
     the log); with error, one message naming them all."""
     if how == "error":
         raise UserError(unreadable(bad, len(y), f" in {root}"))
-    shown = "\n".join(f"  {path}: {why}" for _, path, why in bad[:10])
-    more = f"\n  and {len(bad) - 10} more" if len(bad) > 10 else ""
-    log.warning(
-        "data.on_bad_file=skip: %d unreadable images left out:\n%s%s", len(bad), shown, more
-    )
+    log_skipped(bad, "images", limit=10)
     keep = np.ones(len(y), dtype=bool)
     keep[[row for row, _, _ in bad]] = False
     x, y = x[keep], y[keep]
