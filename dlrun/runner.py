@@ -34,6 +34,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
     distributed.setup(distributed_device_type(conf))
     main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
     given = run_dir = Path(distributed.broadcast(str(run_dir)))
+    scratch = contextlib.ExitStack()  # the run's scratch files (dlrun.data.table_stream)
     try:
         resume = None
         if conf.trainer.resume is not None:  # continue that run, in its own folder
@@ -44,6 +45,9 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             resume = open_resume(path, main)
         elif main:
             folders.claim_run(run_dir)  # exactly one process gets a folder; the others stop here
+        from dlrun.data.table_stream import scratch as scratch_folder
+
+        scratch.enter_context(scratch_folder(run_dir))
         check_weights = getattr(conf.model, "check_weights", None)
         if resume is None and main and check_weights is not None:
             check_weights()  # the pretrained weights a new run starts from (or fetched)
@@ -61,9 +65,11 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             check_unchanged(run_dir, prep, conf)
         return train_and_record(cfg, conf, prep, run_dir, resume, main, started)
     except BaseException:
+        scratch.close()
         folders.discard_if_unused(given)  # a folder that holds nothing of the run's own
         raise
     finally:
+        scratch.close()
         folders.release(run_dir)
 
 

@@ -4,6 +4,7 @@ unreadable files are named; a dead worker ends the run with one message; resume 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -84,25 +85,33 @@ def test_a_streamed_folder_trains_exactly_as_the_folder_in_memory(tmp_path, phot
     assert "data.load=auto: 72 images" in caplog.text
 
 
-def test_a_streamed_run_stopped_inside_an_epoch_resumes_exactly(tmp_path, photos, monkeypatch):
+@contextlib.contextmanager
+def sigint_at_batch(monkeypatch, k: int):
+    """Ctrl-C while the k-th batch read by DataLoader workers is taken (counting every pass);
+    the block must stop with Interrupted."""
     from dlrun.streaming import BatchLoader
-
-    args = folder_args(photos, "data.load=stream", "trainer.max_epochs=3")
-    _, whole = train(tmp_path, *args, name="whole")
 
     real, seen = BatchLoader.epoch, {"batches": 0}
 
     def epoch(self, batches):
         for batch in real(self, batches):
             seen["batches"] += 1
-            if seen["batches"] == 6:  # the 2nd of epoch 2's 4 training batches: Ctrl-C
+            if seen["batches"] == k:
                 signal.raise_signal(signal.SIGINT)
             yield batch
 
     monkeypatch.setattr(BatchLoader, "epoch", epoch)
     with pytest.raises(Interrupted):
-        train(tmp_path, *args, name="cut")
+        yield
     monkeypatch.setattr(BatchLoader, "epoch", real)
+
+
+def test_a_streamed_run_stopped_inside_an_epoch_resumes_exactly(tmp_path, photos, monkeypatch):
+    args = folder_args(photos, "data.load=stream", "trainer.max_epochs=3")
+    _, whole = train(tmp_path, *args, name="whole")
+
+    with sigint_at_batch(monkeypatch, 6):  # the 2nd of epoch 2's 4 training batches
+        train(tmp_path, *args, name="cut")
     assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [1]
     train(tmp_path, *args, f"trainer.resume={tmp_path / 'cut'}", name="resumed")
     assert metrics(tmp_path / "cut") == metrics(whole)
@@ -335,3 +344,193 @@ def test_a_nan_in_a_memory_mapped_npz_is_named_as_in_memory(tmp_path):
         "data: npz has 1 infinite input value(s) (or beyond float32's range, ±3.4e+38); the "
         f"first is sample {test_row}, feature 2."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet: read a row group at a time, encoded into a memory-mapped file of the run folder
+
+
+def write_table(path: Path, n: int = 1200) -> Path:
+    """A table with what encoding must get right: numbers with gaps, text with gaps and one
+    value seen only in the test rows, booleans with a gap (pandas reads them as text), whole
+    numbers, a split column; written in row groups of 150 rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    size = rng.normal(size=n)
+    size[rng.random(n) < 0.05] = np.nan
+    city = rng.choice(["lima", "oslo", "paris", "rome"], n).astype(object)
+    city[rng.random(n) < 0.05] = None
+    split = rng.choice(["train"] * 7 + ["val", "test", "test"], n)
+    city[np.flatnonzero(split == "test")[:3]] = "quito"  # never seen in training
+    flag = [None if i == 7 else bool(v) for i, v in enumerate(rng.random(n) > 0.5)]
+    rooms = rng.integers(1, 6, n)
+    label = np.where(np.nan_to_num(size) + (city == "rome") + 0.3 * rooms > 1.2, "big", "small")
+    table = pa.table(
+        {
+            "size": size,
+            "city": pa.array(city, type=pa.string()),
+            "flag": pa.array(flag, type=pa.bool_()),
+            "rooms": rooms,
+            "part": split,
+            "label": label,
+        }
+    )
+    pq.write_table(table, path, row_group_size=150)
+    return path
+
+
+def table_args(path: Path, *more: str) -> tuple[str, ...]:
+    return (
+        "trainer.device=cpu",
+        "trainer.max_epochs=2",
+        "model=mlp",
+        "data=parquet",
+        f"data.path={path}",
+        "data.target=label",
+        "data.split_column=part",
+        "data.missing=impute",
+        *more,
+    )
+
+
+def test_a_parquet_table_read_in_parts_trains_exactly_as_read_whole(tmp_path, caplog, monkeypatch):
+    import pandas as pd
+
+    from dlrun.data import files, table_stream
+
+    path = write_table(tmp_path / "houses.parquet")
+    memory, memory_dir = train(tmp_path, *table_args(path, "data.load=memory"), name="memory")
+    parts, real = [], files.feature_frame
+
+    def feature_frame(df, numeric, categorical):
+        parts.append(len(df))
+        return real(df, numeric, categorical)
+
+    def read_whole(*args, **kwargs):
+        raise AssertionError("the file was read whole")
+
+    monkeypatch.setattr(files, "feature_frame", feature_frame)
+    monkeypatch.setattr(pd, "read_parquet", read_whole)
+    monkeypatch.setattr(table_stream, "PART_ROWS", 100)
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        streamed, stream_dir = train(tmp_path, *table_args(path, "data.load=stream"), name="stream")
+    assert "is read 100 rows at a time" in caplog.text
+    # the first row (for the column types), then three passes (checks, the training rows'
+    # categories, encoding) of 100 rows at most
+    assert parts[0] == 1 and max(parts) == 100 and sum(parts[1:]) == 3 * 1200
+    assert metrics(stream_dir) == metrics(memory_dir)  # every loss and metric, bit for bit
+    # the test loss is summed over batches of trainer.batch_size in parts, in one batch in memory
+    assert streamed["test"] == pytest.approx(memory["test"], rel=1e-9, abs=0)
+    assert streamed["test"]["accuracy"] == memory["test"]["accuracy"] > 0.8
+    saved = "preprocessing/preprocessing.json"
+    assert (stream_dir / saved).read_text() == (memory_dir / saved).read_text()
+    assert not (stream_dir / "scratch").exists()  # the encoded rows live as long as the run
+    # dlrun-eval encodes the file again with the saved encoder, and finds the same metrics
+    from dlrun.use import evaluate
+
+    again = evaluate(stream_dir, [], tmp_path / "eval")
+    assert again["test"] == streamed["test"] and again["val"] == streamed["val"]
+    # auto reads in parts above data.memory_gb; a text column is read whole, and says why
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        train(tmp_path, *table_args(path, "data.memory_gb=0.00001"), name="auto")
+    assert f"data.load=auto: {path} (0.00 GB of values) is read 100 rows" in caplog.text
+    monkeypatch.undo()
+    from omegaconf import OmegaConf
+
+    from dlrun.data.lazy import is_lazy
+    from dlrun.registry import get_data
+
+    text = ("data.text=city", "data.split_column=null", "data.load=stream")
+    conf = OmegaConf.to_object(make_cfg(*table_args(path, *text))).data
+    with caplog.at_level(logging.WARNING, logger="dlrun"):
+        assert not is_lazy(get_data("parquet").load(conf).x)
+    assert f"data.load=stream: {path} is read whole: it reads a text column" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "infinite", "huge", "no_column", "target_gap", "not_parquet", "tree"]
+)
+def test_a_bad_parquet_table_read_in_parts_gets_the_message_of_one_read_whole(tmp_path, case):
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from dlrun.registry import get_data
+
+    path = tmp_path / "t.parquet"
+    n = 300
+    df = pd.DataFrame({"a": np.linspace(0, 1, n), "b": np.arange(n) % 7, "y": np.arange(n) % 2})
+    extra = ["data.missing=error"]
+    if case == "missing":
+        df.loc[[40, 41, 250], "a"] = np.nan
+    elif case == "infinite":
+        df["b"] = df["b"].astype(float)
+        df.loc[260, "b"] = np.inf
+    elif case == "huge":
+        df["b"] = df["b"].astype(float)
+        df.loc[[30, 200], "b"] = [-1e39, 5e39]
+    elif case == "no_column":
+        extra.append("data.features=[a,c]")
+    elif case == "target_gap":
+        df["y"] = df["y"].astype(float)
+        df.loc[5, "y"] = np.nan
+    df.to_parquet(path, row_group_size=50)
+    if case == "not_parquet":
+        path.write_bytes(b"PAR1 but not really a Parquet file")
+    if case == "tree":
+        extra.append("model=random_forest")
+    args = (
+        "trainer.device=cpu",
+        "data=parquet",
+        f"data.path={path}",
+        "data.target=y",
+        *extra,
+    )
+    messages = []
+    for load in ("memory", "stream"):
+        try:
+            if case == "tree":
+                train(tmp_path, *args, f"data.load={load}", name=load)
+            else:
+                conf = OmegaConf.to_object(make_cfg(*args, f"data.load={load}")).data
+                get_data("parquet").load(conf)
+            messages.append(None)
+        except (UserError, ConfigError) as ex:
+            messages.append(str(ex))
+    if case == "tree":  # in memory it trains; in parts it says what to do
+        assert messages[0] is None
+        assert "random_forest needs every sample in memory" in messages[1]
+        assert "Set data.load=memory, or train a network." in messages[1]
+        return
+    assert messages[0] is not None and messages[0] == messages[1]
+    expected = {
+        "missing": "data.missing is 'error', which allows no missing values, but",
+        "infinite": "data.path: the feature columns b of",
+        "huge": "data.path: column 'b' of",
+        "no_column": "data.features: 'c' is not a column of",
+        "target_gap": "data.target: column 'y' of",
+        "not_parquet": "data.path: cannot read",
+    }[case]
+    assert messages[1].startswith(expected)
+    if case == "huge":
+        assert "holds values up to 5e+39" in messages[1]
+
+
+def test_a_parquet_run_stopped_inside_an_epoch_resumes_exactly(tmp_path, monkeypatch):
+    path = write_table(tmp_path / "houses.parquet")
+    args = table_args(path, "data.load=stream", "trainer.max_epochs=3", "trainer.batch_size=128")
+    _, whole = train(tmp_path, *args, name="whole")
+    with sigint_at_batch(monkeypatch, 9):  # epoch 2's first (an epoch: 7 training, 1 val)
+        train(tmp_path, *args, name="cut")
+    cut = tmp_path / "cut"
+    assert [r["epoch"] for r in read_metrics(cut)] == [1]
+    assert not (cut / "scratch").exists()  # removed when the run stopped
+    # a killed run's encoded file (its process is gone) is removed when the run resumes
+    (cut / "scratch").mkdir()
+    stale = cut / "scratch" / "table-999999999-0.npy"
+    stale.write_bytes(b"left by a killed run")
+    train(tmp_path, *args, f"trainer.resume={cut}", name="resumed")
+    assert metrics(cut) == metrics(whole)
+    assert not (cut / "scratch").exists()

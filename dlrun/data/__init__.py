@@ -278,6 +278,10 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
             "data.as_sequence: a table read from disk a batch at a time is not read as a "
             "sequence. Set data.load=memory."
         )
+    if raw.encode is not None:  # a table read in parts: encoded once, into a mapped file
+        from dlrun.data.table_stream import encode_table
+
+        raw = encode_table(raw, train, fitted)
     if raw.spec.task == "regression":
         _check_target_varies(raw.y, parts, raw.spec.name)
     norm = None if fitted is None else fitted.norm
@@ -307,6 +311,7 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
         y[val],
         stored["test"],
         y[test],
+        raw.encode,
         norm=norm if cfg.normalize else None,
         stored=stored,
         pixel_max=raw.pixel_max,

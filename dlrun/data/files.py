@@ -16,6 +16,7 @@ classification codes the sorted distinct values as classes 0..K-1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import warnings
@@ -29,6 +30,7 @@ from omegaconf import MISSING
 
 from dlrun.config import DataConfig, setting
 from dlrun.data import DataSpec, RawData
+from dlrun.data.lazy import LOADS, MEMORY_GB
 from dlrun.errors import ConfigError, UserError, did_you_mean
 from dlrun.registry import register_data
 
@@ -111,6 +113,11 @@ class CsvConfig(TableConfig):
 @dataclass
 class ParquetConfig(TableConfig):
     name: str = "parquet"
+    # memory: read the file whole; stream: read it a row group at a time, and train from its
+    # encoded rows memory-mapped (dlrun.data.table_stream); auto: stream when its values take
+    # more than memory_gb uncompressed
+    load: str = setting("auto", choices=LOADS)
+    memory_gb: float = setting(MEMORY_GB, lo=0, lo_open=True)
 
 
 @register_data("csv", schema=CsvConfig)
@@ -128,35 +135,20 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
     problems = cfg.problems()
     if problems:
         raise ConfigError(problems)
+    if fmt == "parquet":  # larger than data.memory_gb: read a row group at a time
+        from dlrun.data.table_stream import streamed_table
+
+        streamed = streamed_table(cfg)
+        if streamed is not None:
+            return streamed
     df, shown = read_table(cfg.path, fmt)
     columns = list(df.columns)
 
     long = cfg.sequence.id is not None  # long-format time series: one sample per id
-    named = (
-        ("data.target", cfg.target),
-        ("data.split_column", cfg.split_column),
-        ("data.sequence.id", cfg.sequence.id),
-        ("data.sequence.order", cfg.sequence.order),
-    )
-    for key, column in named:
-        if column is not None and column not in columns:
-            raise UserError(_not_a_column(key, [column], shown, columns))
+    check_named(cfg, columns, shown)
     if cfg.text is not None:
         return load_text(cfg, df, shown)
-    if cfg.features is None:
-        special = (cfg.target, cfg.split_column, cfg.sequence.id, cfg.sequence.order)
-        features = [c for c in columns if c not in special]
-    else:
-        unknown = [f for f in cfg.features if f not in columns]
-        if unknown:
-            raise UserError(_not_a_column("data.features", unknown, shown, columns))
-        features = list(cfg.features)
-    if not features:
-        raise UserError(
-            f"data.path: {shown} has no feature columns besides the target '{cfg.target}'. "
-            f"Columns: {_listed(columns)}."
-        )
-
+    features = feature_columns(cfg, columns, shown)
     target, split = df[cfg.target], None if cfg.split_column is None else df[cfg.split_column]
     if long:
         from dlrun.data.sequences import per_sample, steps_of
@@ -174,40 +166,8 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
     check_finite(table, numeric, shown, cfg.missing == "impute")
 
     vocab = {c: sorted(set(table[c].dropna())) for c in categorical}
-    for column, values in vocab.items():
-        stray = _stray_text(table[column])
-        if stray:
-            encoded = (
-                f"one-hot encoded into {len(values)} features"
-                if cfg.categorical == "onehot"
-                else "ordinal encoded (its numbers ordered as text)"
-            )
-            log.warning(
-                "column '%s' holds numbers, but %s: it is read as text and %s. Make those values "
-                "numbers, or leave those cells empty to mark them missing (data.missing=impute "
-                "fills them).",
-                column,
-                stray,
-                encoded,
-            )
-        elif cfg.categorical == "onehot" and len(values) > 100:
-            log.warning(
-                "column '%s' has %d distinct values: one-hot encoding makes a feature of each. "
-                "Leave it out with data.features, or use data.categorical=ordinal.",
-                column,
-                len(values),
-            )
-    width = len(numeric) + (
-        sum(len(v) for v in vocab.values()) if cfg.categorical == "onehot" else len(categorical)
-    )
-    spec = DataSpec(
-        name=cfg.name,
-        task=task,
-        kind="tabular",
-        shape=(width,),
-        num_classes=len(classes) if classes is not None else None,
-        class_names=classes,
-    )
+    warn_categorical(cfg, vocab, {c: _stray_text(table[c]) for c in categorical})
+    spec = table_spec(cfg, task, classes, numeric, vocab)
     encode = TableEncoder(numeric, categorical, vocab, cfg.categorical, cfg.missing == "impute")
     lengths = None
     if long:
@@ -219,7 +179,7 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         encode.sample_, encode.position_, encode.lengths_, encode.ids_ = index
         encode.steps = int(index[2].max())  # the padded length: the longest kept sequence
         lengths = encode.lengths_
-        spec = dataclasses.replace(spec, kind="sequence", shape=(encode.steps, width))
+        spec = dataclasses.replace(spec, kind="sequence", shape=(encode.steps, spec.shape[0]))
     return RawData(
         table,
         y,
@@ -228,6 +188,80 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         encode=encode,
         feature_names=encode.feature_names,
         lengths=lengths,
+    )
+
+
+def check_named(cfg: TableConfig, columns: list[str], shown) -> None:
+    """The columns the settings name (target, split, sequence id and order) must be columns."""
+    named = (
+        ("data.target", cfg.target),
+        ("data.split_column", cfg.split_column),
+        ("data.sequence.id", cfg.sequence.id),
+        ("data.sequence.order", cfg.sequence.order),
+    )
+    for key, column in named:
+        if column is not None and column not in columns:
+            raise UserError(_not_a_column(key, [column], shown, columns))
+
+
+def feature_columns(cfg: TableConfig, columns: list[str], shown) -> list[str]:
+    """The feature columns: data.features, or every column the settings do not name."""
+    if cfg.features is None:
+        special = (cfg.target, cfg.split_column, cfg.sequence.id, cfg.sequence.order)
+        features = [c for c in columns if c not in special]
+    else:
+        unknown = [f for f in cfg.features if f not in columns]
+        if unknown:
+            raise UserError(_not_a_column("data.features", unknown, shown, columns))
+        features = list(cfg.features)
+    if not features:
+        raise UserError(
+            f"data.path: {shown} has no feature columns besides the target '{cfg.target}'. "
+            f"Columns: {_listed(columns)}."
+        )
+    return features
+
+
+def warn_categorical(cfg: TableConfig, vocab: dict, stray: dict[str, str]) -> None:
+    """Log what a user would want to know about the text columns: one that mostly holds
+    numbers (`stray` says which values are not), or one-hot encoding of many distinct values."""
+    for column, values in vocab.items():
+        if stray[column]:
+            encoded = (
+                f"one-hot encoded into {len(values)} features"
+                if cfg.categorical == "onehot"
+                else "ordinal encoded (its numbers ordered as text)"
+            )
+            log.warning(
+                "column '%s' holds numbers, but %s: it is read as text and %s. Make those values "
+                "numbers, or leave those cells empty to mark them missing (data.missing=impute "
+                "fills them).",
+                column,
+                stray[column],
+                encoded,
+            )
+        elif cfg.categorical == "onehot" and len(values) > 100:
+            log.warning(
+                "column '%s' has %d distinct values: one-hot encoding makes a feature of each. "
+                "Leave it out with data.features, or use data.categorical=ordinal.",
+                column,
+                len(values),
+            )
+
+
+def table_spec(cfg: TableConfig, task: str, classes, numeric: list[str], vocab: dict) -> DataSpec:
+    """The spec of an encoded table: its width is known before the split (TableEncoder)."""
+    categorical = len(vocab)
+    width = len(numeric) + (
+        sum(len(v) for v in vocab.values()) if cfg.categorical == "onehot" else categorical
+    )
+    return DataSpec(
+        name=cfg.name,
+        task=task,
+        kind="tabular",
+        shape=(width,),
+        num_classes=len(classes) if classes is not None else None,
+        class_names=classes,
     )
 
 
@@ -258,6 +292,17 @@ def read_table(path_text: str, fmt: str, key: str = "data.path"):
     names the setting in messages (dlrun-predict reads its `input` here too)."""
     import pandas as pd
 
+    path, shown = checked_file(path_text, fmt, key)
+    with reading(shown, fmt, key):
+        df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    df.columns = [str(c) for c in df.columns]
+    check_size(df.columns, len(df), shown, fmt, key)
+    return df, shown
+
+
+def checked_file(path_text: str, fmt: str, key: str = "data.path") -> tuple[Path, Path]:
+    """(path, absolute path to show) of a table file that exists, is not empty, and names each
+    column once."""
     from dlrun.errors import regular_file
 
     path = Path(path_text).expanduser()
@@ -269,15 +314,25 @@ def read_table(path_text: str, fmt: str, key: str = "data.path"):
         raise UserError(
             f"{key}: {shown} is empty (0 bytes). Give {what} with a header row and rows of data."
         )
-    try:
+    with reading(shown, fmt, key):
         twice = sorted(name for name, n in Counter(header(path, fmt)).items() if name and n > 1)
-        if twice:
-            raise UserError(
-                f"data.path: {shown} has more than one column named "
-                f"{', '.join(map(repr, twice))}; column names must be unique. Rename or drop "
-                "the copies."
-            )
-        df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    if twice:
+        raise UserError(
+            f"data.path: {shown} has more than one column named "
+            f"{', '.join(map(repr, twice))}; column names must be unique. Rename or drop "
+            "the copies."
+        )
+    return path, shown
+
+
+@contextlib.contextmanager
+def reading(shown, fmt: str, key: str = "data.path"):
+    """A file the reader cannot read as `fmt` is one UserError with the reader's reason."""
+    import pandas as pd
+
+    what = FORMATS[fmt]
+    try:
+        yield
     except pd.errors.EmptyDataError:
         raise UserError(
             f"{key}: {shown} has no columns. Give {what} with a header row and rows of data."
@@ -285,17 +340,20 @@ def read_table(path_text: str, fmt: str, key: str = "data.path"):
     except (ValueError, OSError, pd.errors.ParserError) as ex:  # ArrowInvalid is a ValueError
         reason = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
         raise UserError(f"{key}: cannot read {shown} as {what}: {reason}") from None
-    df.columns = [str(c) for c in df.columns]
-    if len(df.columns) == 0:
+
+
+def check_size(columns, rows: int, shown, fmt: str, key: str = "data.path") -> None:
+    """A table needs columns and rows."""
+    what = FORMATS[fmt]
+    if len(columns) == 0:
         raise UserError(
             f"{key}: {shown} has no columns. Give {what} with a header row and rows of data."
         )
-    if len(df) == 0:
+    if rows == 0:
         raise UserError(
-            f"{key}: {shown} has no rows (columns {_listed(df.columns)}). A dataset needs "
+            f"{key}: {shown} has no rows (columns {_listed(columns)}). A dataset needs "
             "at least one row of data."
         )
-    return df, shown
 
 
 def header(path: Path, fmt: str) -> list[str]:
@@ -461,29 +519,40 @@ def read_split(column, name: str) -> np.ndarray:
 def feature_table(df, features: list[str]):
     """The feature columns as numbers (float64, NaN for missing) and text (object, NaN for
     missing); returns (table, numeric columns, categorical columns)."""
-    import pandas as pd
     from pandas.api import types
 
-    numeric, categorical, data = [], [], {}
+    numeric, categorical = [], []
     for name in features:
+        dtype = df[name].dtype
+        numbers = types.is_numeric_dtype(dtype) and not types.is_complex_dtype(dtype)
+        (numeric if numbers else categorical).append(name)
+    return feature_frame(df, numeric, categorical), numeric, categorical
+
+
+def feature_frame(df, numeric: list[str], categorical: list[str]):
+    """The numeric columns as float64 (NaN for missing), then the categorical ones as text
+    (object, NaN for missing)."""
+    import pandas as pd
+
+    data = {}
+    for name in numeric:
+        data[name] = df[name].to_numpy(dtype=np.float64, na_value=np.nan)
+    for name in categorical:
         column = df[name]
-        if types.is_numeric_dtype(column.dtype) and not types.is_complex_dtype(column.dtype):
-            numeric.append(name)
-            data[name] = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            categorical.append(name)
-            missing = column.isna().to_numpy()
-            text = np.array([str(v) for v in column.to_numpy(dtype=object)], dtype=object)
-            text[missing] = np.nan
-            data[name] = text
-    table = pd.DataFrame({name: data[name] for name in numeric + categorical}, index=df.index)
-    return table, numeric, categorical
+        missing = column.isna().to_numpy()
+        text = np.array([str(v) for v in column.to_numpy(dtype=object)], dtype=object)
+        text[missing] = np.nan
+        data[name] = text
+    return pd.DataFrame(data, index=df.index)
 
 
-def check_missing(table, missing: str, shown, new_rows: bool = False) -> None:
+def check_missing(table, missing: str, shown, new_rows: bool = False, counts=None) -> None:
     """Missing feature values are an error under data.missing=error. `new_rows`: rows given to a
-    trained run (dlrun-predict), which can no longer change how it was trained."""
-    counts = {name: int(n) for name, n in table.isna().sum().items() if n}
+    trained run (dlrun-predict), which can no longer change how it was trained. `counts`: the
+    missing values per column when the table is read in parts (then `table` is None)."""
+    if counts is None:
+        counts = table.isna().sum().items()
+    counts = {name: int(n) for name, n in dict(counts).items() if n}
     if not counts or missing != "error":
         return
     listed = ", ".join(f"{name} ({n})" for name, n in counts.items())
@@ -541,15 +610,25 @@ def _stray_text(column) -> str:
     ("3 of its 200 values are not numbers: '?', 'unknown'"); else ''."""
     import pandas as pd
 
+    present, others = not_numbers(column)
+    return stray_message(present, len(others), pd.unique(others.to_numpy()))
+
+
+def not_numbers(column):
+    """(how many values the column holds, those of them that are not numbers)."""
+    import pandas as pd
+
     present = column.dropna()
     numbers = pd.to_numeric(present.astype(str), errors="coerce")
-    others = present[numbers.isna().to_numpy()]
-    if len(others) == 0 or len(others) * 2 > len(present):
+    return len(present), present[numbers.isna().to_numpy()]
+
+
+def stray_message(present: int, others: int, distinct) -> str:
+    """`_stray_text` from counts: `others` of `present` values are not numbers, `distinct` of
+    them in the order met."""
+    if others == 0 or others * 2 > present:
         return ""
-    return (
-        f"{len(others)} of its {len(present)} values are not numbers: "
-        f"{_examples(pd.unique(others.to_numpy()))}"
-    )
+    return f"{others} of its {present} values are not numbers: {_examples(distinct)}"
 
 
 def _examples(values, limit: int = 3) -> str:
@@ -638,15 +717,57 @@ class TableEncoder:
     def __call__(self, table, train_rows: np.ndarray) -> np.ndarray:
         train = table.iloc[train_rows]
         if self.impute:
-            empty = [c for c in self.categorical if train[c].isna().all()]
-            if empty:
-                raise UserError(
-                    f"data.missing: the columns {', '.join(empty)} have no values in the training "
-                    "rows, so there is nothing to impute them from. Leave them out with "
-                    "data.features, or fill them in."
-                )
+            self._check_imputable([c for c in self.categorical if train[c].isna().all()])
         self.transformer_ = self._transformer().fit(train)
         return self._encode(table)
+
+    def fit_parts(self, source, train_rows: np.ndarray) -> TableEncoder:
+        """Fit on the training rows of a table read in parts (dlrun.data.table_stream), with
+        what fitting on those rows whole would learn: the categories of the training rows, and
+        for imputation each numeric column's median (one column read at a time) and each text
+        column's most frequent value (ties: the smallest, as scikit-learn). The encoder is
+        then fitted on a few rows that hold exactly those values, so it is the same fitted
+        scikit-learn encoder, saved and used as any other."""
+        import pandas as pd
+        from sklearn.impute import SimpleImputer
+
+        train = np.zeros(len(source), dtype=bool)
+        train[train_rows] = True
+        counts = {c: pd.Series(dtype=np.int64) for c in self.categorical}
+        for start, part in source.parts(self.categorical, "the training rows' categories"):
+            part = part[train[start : start + len(part)]]
+            for c in self.categorical:
+                found = part[c].value_counts(dropna=True)
+                counts[c] = counts[c].add(found, fill_value=0).astype(np.int64)
+        if self.impute:
+            self._check_imputable([c for c in self.categorical if counts[c].sum() == 0])
+        rows = max([len(counts[c]) + 1 for c in self.categorical], default=1)
+        frame = {}
+        for c in self.numeric:
+            value = 0.0
+            if self.impute:  # the median scikit-learn takes of this column's training rows
+                column = source.column(c)[train_rows][:, None]
+                imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+                value = float(imputer.fit(column).statistics_[0])
+            frame[c] = np.full(rows, value, dtype=np.float64)
+        for c in self.categorical:
+            found = counts[c]
+            mode = min(found.index[found == found.max()])
+            values = sorted(found.index) + [mode] * (rows - len(found))  # the mode once more
+            frame[c] = np.array(values, dtype=object)
+        self.transformer_ = self._transformer().fit(
+            pd.DataFrame(frame)[self.numeric + self.categorical]
+        )
+        return self
+
+    @staticmethod
+    def _check_imputable(empty: list[str]) -> None:
+        if empty:
+            raise UserError(
+                f"data.missing: the columns {', '.join(empty)} have no values in the training "
+                "rows, so there is nothing to impute them from. Leave them out with "
+                "data.features, or fill them in."
+            )
 
     def _encode(self, table) -> np.ndarray:
         with warnings.catch_warnings():
