@@ -16,32 +16,70 @@ def _pyplot():
     return plt
 
 
-def plot_curves(records: list[dict], monitor: str):
-    """Loss curves (train and val) and the monitored metric, per epoch or per boosting round."""
+def plot_curves(records: list[dict], monitor: str, title: str = "", best: int | None = None):
+    """Losses (train and val) on the left; on the right the metric a person judges the model by:
+    the monitored one unless it is a loss, else the task's first metric (accuracy, rmse), with
+    its training value where recorded. `best`: the epoch (or round) the run kept, marked on
+    both. Per epoch or per boosting round."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     step = "round" if records and "round" in records[0] else "epoch"
     x = [r[step] for r in records]
     # One quantity on the left axis, train and val: a regression's val_rmse beside its MSE
     # losses was a flat line at the bottom (the units differ). XGBoost's rounds record their
     # eval metric (rmse, mae) instead of a loss.
     curves = [k for k in ("train_loss", "val_loss") if k in records[0]] or [
-        k for k in records[0] if k.startswith(("train_", "val_"))
+        k for k in records[0] if k.startswith(("train_", "val_")) and not k.endswith("_time_s")
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    marker = "." if len(x) < 40 else None
+    metric = judged_metric(records[0], monitor, curves)
+    name = metric.split("_", 1)[1]
+    repeats = metric in curves  # nothing but losses recorded (XGBoost's rounds): one panel
+    fig, axes = plt.subplots(1, 1 if repeats else 2, figsize=(6 if repeats else 10, 4))
+    fig.set_layout_engine("constrained")
+    axes = np.atleast_1d(axes)
     for key in curves:
-        axes[0].plot(x, [r[key] for r in records], label=key, marker="." if len(x) < 40 else None)
+        axes[0].plot(x, [r[key] for r in records], label=key, marker=marker)
     unit = curves[0].split("_", 1)[1] if curves else "loss"
-    axes[0].set(xlabel=step, ylabel=unit, title="losses")
-    if curves:
-        axes[0].legend()
-    metric = monitor if monitor in records[0] else curves[-1]
-    axes[1].plot(
-        x, [r[metric] for r in records], color="tab:green", marker="." if len(x) < 40 else None
-    )
-    axes[1].set(xlabel=step, ylabel=metric, title=metric)
+    axes[0].set(xlabel=step, ylabel=unit, title=f"{unit} (lower is better)")
+    if not repeats:
+        for key, color in ((f"train_{name}", "tab:blue"), (metric, "tab:orange")):
+            if key in records[0]:
+                values = [r.get(key, float("nan")) for r in records]
+                axes[1].plot(x, values, color=color, label=key, marker=marker)
+        better = "higher" if name in HIGHER_IS_BETTER else "lower"
+        axes[1].set(xlabel=step, ylabel=name, title=f"{name} ({better} is better)")
+    kept = f"best {step} {best}" + (f" (by {monitor})" if monitor in records[0] else "")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best is not None and len(x) > 1:
+            ax.axvline(best, color="gray", linestyle="--", linewidth=1, label=kept)
+        if ax.lines:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
     return fig
+
+
+HIGHER_IS_BETTER = ("accuracy", "f1_macro", "r2", "auc")
+
+
+def judged_metric(record: dict, monitor: str, losses: list[str]) -> str:
+    """The validation metric the right panel shows: the monitored one unless it is a loss
+    (then it would repeat the left panel), else accuracy or rmse or any other val_ metric."""
+    if monitor in record and not monitor.endswith("_loss") and monitor not in losses:
+        return monitor
+    for key in ("val_accuracy", "val_rmse", "val_f1_macro", "val_mae", "val_r2"):
+        if key in record:
+            return key
+    others = [
+        k
+        for k in record
+        if k.startswith("val_") and k not in losses and not k.endswith(("_loss", "_time_s"))
+    ]
+    return others[0] if others else (monitor if monitor in record else losses[-1])
 
 
 # A confusion matrix with more classes than this is unreadable (a 219 x 219 one also took minutes

@@ -128,13 +128,21 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
 
             logger.close(OmegaConf.to_container(cfg, resolve=True), summary)
             history, monitor = fitted.result.history, conf.trainer.early_stopping.monitor
-            plots.save(plots.plot_curves(history, monitor), run_dir / "curves.png")
+            title = f"{summary['model']} on {summary['data']}, {run_name(run_dir)}"
+            curves = plots.plot_curves(history, monitor, title, summary["best_epoch"])
+            plots.save(curves, run_dir / "curves.png")
             fitted.pictures(run_dir)  # the model's own: a confusion matrix, reconstructions, ...
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
             log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
             print_summary(summary)
         distributed.barrier()
         return summary
+
+
+def run_name(run_dir: Path) -> str:
+    """How a picture names its run: the folder below outputs/ (task, date, time), or its name."""
+    parts = Path(run_dir).absolute().parts
+    return "/".join(parts[parts.index("outputs") + 1 :]) if "outputs" in parts else parts[-1]
 
 
 def make_summary(conf, prep, fitted, run_dir: Path, started: float) -> dict:

@@ -270,6 +270,15 @@ def test_plots_are_pngs_drawn_from_the_run(tmp_path):
     lines = {line.get_label(): list(line.get_ydata()) for line in figure.axes[0].lines}
     assert lines == {k: [r[k] for r in records] for k in ("train_loss", "val_loss")}
     assert list(figure.axes[1].lines[0].get_xdata()) == [1, 2, 3, 4]
+    # the right panel shows accuracy, not val_loss again; the kept epoch is marked on both
+    figure = plot_curves(records, "val_loss", "mlp on digits, train/x", best=summary["best_epoch"])
+    right = {line.get_label(): list(line.get_ydata()) for line in figure.axes[1].lines}
+    assert right["val_accuracy"] == [r["val_accuracy"] for r in records]
+    kept = f"best epoch {summary['best_epoch']} (by val_loss)"
+    assert right[kept] == [0, 1]  # a vertical line
+    assert kept in [line.get_label() for line in figure.axes[0].lines]
+    assert figure.axes[1].get_title() == "accuracy (higher is better)"
+    assert figure.texts[0].get_text() == "mlp on digits, train/x"
 
     y_true, y_pred = [0, 1, 2, 2, 1], [0, 2, 2, 2, 1]
     figure = plot_confusion(y_true, y_pred, ["a", "b", "c"])

@@ -198,12 +198,16 @@ def test_regression_curves_keep_one_unit_per_axis():
     epochs = [
         {"epoch": e, "train_loss": 3e3 / e, "val_loss": 3.5e3 / e, "val_rmse": 59.0} for e in (1, 2)
     ]
-    lines = {line.get_label() for line in plot_curves(epochs, "val_loss").axes[0].lines}
+    figure = plot_curves(epochs, "val_loss")
+    lines = {line.get_label() for line in figure.axes[0].lines}
     assert lines == {"train_loss", "val_loss"}  # val_rmse (in the target's units) is not an MSE
+    assert [line.get_label() for line in figure.axes[1].lines] == ["val_rmse"]  # on its own
+    assert figure.axes[1].get_title() == "rmse (lower is better)"
     rounds = [{"round": r, "train_rmse": 60.0 / r, "val_rmse": 65.0 / r} for r in (1, 2)]
     figure = plot_curves(rounds, "val_rmse")
     assert {line.get_label() for line in figure.axes[0].lines} == {"train_rmse", "val_rmse"}
     assert figure.axes[0].get_ylabel() == "rmse"
+    assert len(figure.axes) == 1  # a second panel would repeat val_rmse
 
 
 # ---------------------------------------------------------------------------------------------
