@@ -68,6 +68,7 @@ def dlrun_epochs(conf, spec, x, y, device) -> list[dict]:
     import torch
 
     from dlrun.registry import get_model
+    from dlrun.report import epoch_progress
     from dlrun.runner import check_task_settings
     from dlrun.training import fit_torch
 
@@ -75,8 +76,14 @@ def dlrun_epochs(conf, spec, x, y, device) -> list[dict]:
     torch.manual_seed(0)
     model = get_model(conf.model.name).build(conf.model, spec)
     splits = {"train": (x, y), "val": (x[:512], y[:512])}
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = fit_torch(model, splits, spec, conf, Path(run_dir), device)
+    # with the progress a run shows (the epoch bar, and the bar of steps inside an epoch that
+    # takes more than a second), so its cost is in the measured speed
+    monitor = conf.trainer.early_stopping.monitor
+    with (
+        tempfile.TemporaryDirectory() as run_dir,
+        epoch_progress(conf.trainer.max_epochs, monitor) as bar,
+    ):
+        result = fit_torch(model, splits, spec, conf, Path(run_dir), device, progress=bar)
     return result.history
 
 

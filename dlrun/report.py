@@ -28,45 +28,102 @@ def run_log(run_dir: Path):
         handler.close()
 
 
-CONSOLE_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "lr", "grad_norm")
+TASK_METRICS = ("val_accuracy", "val_rmse")  # the one metric an epoch line shows beside the loss
+
+
+def number(value: float) -> str:
+    """A number as a person reads it: 4 significant digits (0.3980 -> 0.398, 107.214 -> 107.2),
+    whole numbers up to 999,999 as they are (13888.32 -> 13888), and anything larger or smaller
+    in scientific notation (34692616192.0 -> 3.469e+10)."""
+    import math
+
+    if not math.isfinite(value):
+        return str(value)
+    size = abs(value)
+    if size == 0:
+        return "0"
+    if 1e-3 <= size < 1e6:
+        digits = max(0, 3 - math.floor(math.log10(size)))
+        return f"{value:.{digits}f}"
+    return f"{value:.3e}"
 
 
 def epoch_line(record: dict, max_epochs: int, monitor: str) -> str:
-    """One line per epoch: the main numbers (metrics.jsonl has them all)."""
-    keys = [k for k in CONSOLE_KEYS if k in record]
+    """One line per epoch, within 80 columns (a 100-column terminal with the log's time):
+    the training/validation loss, the task's metric on validation, the learning rate, the
+    gradient norm and the time (metrics.jsonl has every number)."""
+    width = len(str(max_epochs))
+    parts = [f"epoch {record['epoch']:>{width}}/{max_epochs}"]
     phases = [k for k in record if k.startswith("train_loss/")]  # several phases: each one's loss
-    keys = phases + keys if phases else keys
-    if monitor not in keys:
-        keys.insert(min(2, len(keys)), monitor)
-    parts = [f"epoch {record['epoch']}/{max_epochs}"]
-    parts += [
-        f"{k} {record[k]:.3g}" if k in ("lr", "grad_norm") else f"{k} {record[k]:.4f}" for k in keys
-    ]
-    parts.append(f"{record['epoch_time_s']:.2f}s")
+    if phases:
+        parts.append(
+            "loss " + " ".join(f"{k.split('/', 1)[1]} {number(record[k])}" for k in phases)
+        )
+    elif "train_loss" in record:
+        val = f"/{number(record['val_loss'])}" if "val_loss" in record else ""
+        parts.append(f"loss {number(record['train_loss'])}{val}")
+    shown = [k for k in TASK_METRICS if k in record]
+    if monitor in record and not monitor.endswith("_loss"):  # the metric that picks best.pt
+        shown = [monitor]
+    parts += [f"{k.removeprefix('val_')} {number(record[k])}" for k in shown]
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.3g}")
+    if "grad_norm" in record:
+        parts.append(f"grad {record['grad_norm']:.3g}")
+    seconds = record["epoch_time_s"]
+    parts.append(f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.0f}s")
     return "  ".join(parts)
 
 
+def epoch_legend(record_keys: list[str], monitor: str) -> str:
+    """What the epoch lines hold, said once before the first."""
+    loss = "loss train/val" if "val_loss" in record_keys else "loss per phase"
+    return f"{loss}, other metrics on validation; * = a new best {monitor} (best.pt)"
+
+
+STEP_BAR_AFTER_S = 1.0  # an epoch shorter than this shows no bar of its steps
+STEP_BAR_EVERY_S = 0.25  # how often the bar of steps is updated (each update reads one number)
+
+
 @contextlib.contextmanager
-def epoch_progress(max_epochs: int, monitor: str):
-    """A rich progress bar over epochs; yields the callback the training loop calls per epoch."""
+def epoch_progress(max_epochs: int, monitor: str, phases: list[str] | None = None):
+    """A rich progress bar over epochs, and inside an epoch that takes more than a second a bar
+    of its steps (steps done, samples/s, the running training loss). Yields the callback the
+    training loop calls per epoch; its `step` attribute is the one it calls between steps."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("[bold]training"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
         transient=True,
     )
-    task = progress.add_task("epochs", total=max_epochs, status="")
+    task = progress.add_task("training", total=max_epochs, status="")
+    steps = progress.add_task("  steps", total=1, status="", visible=False)
+    said = []
 
     def on_epoch(record: dict, improved: bool) -> None:
+        if not said:
+            log.info(epoch_legend(list(record), monitor))
+            said.append(True)
         log.info(epoch_line(record, max_epochs, monitor) + ("  *" if improved else ""))
         loss = next(k for k in record if k.startswith("train_loss"))
-        status = f"{loss} {record[loss]:.4f}  {monitor} {record[monitor]:.4f}"
+        status = f"{loss} {number(record[loss])}  {monitor} {number(record[monitor])}"
         progress.update(task, advance=1, status=status)
+        progress.update(steps, visible=False)
 
+    def on_step(done: int, total: int, samples: int, elapsed: float, loss) -> None:
+        """`done` of the epoch's `total` steps have trained `samples` samples in `elapsed`
+        seconds; `loss()` reads their mean training loss (one number from the device)."""
+        if elapsed < STEP_BAR_AFTER_S:
+            return
+        status = f"{samples / elapsed:,.0f} samples/s  train_loss {number(loss())}"
+        progress.update(steps, completed=done, total=total, status=status, visible=True)
+
+    on_epoch.step = on_step
+    on_epoch.every = STEP_BAR_EVERY_S
     with progress:
         yield on_epoch
 
@@ -97,28 +154,41 @@ def metrics_table(title: str, val: dict, test: dict):
     """The table a run ends with: each metric on validation and test."""
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title or None)
     table.add_column("metric")
     table.add_column("val", justify="right")
     table.add_column("test", justify="right")
     for name in test:
-        table.add_row(name, f"{val[name]:.4f}", f"{test[name]:.4f}")
+        table.add_row(name, table_number(val[name]), table_number(test[name]))
     return table
 
 
-def print_summary(summary: dict) -> None:
+def table_number(value: float) -> str:
+    """A metric in the final table: 4 decimals, or `number` for values of 100,000 and more."""
+    return f"{value:.4f}" if abs(value) < 1e5 else number(value)
+
+
+def print_summary(summary: dict, family: str = "torch") -> None:
+    """The end of a run on the terminal: what was kept (best epoch or round), the table of
+    metrics (its title on its own line, so it never wraps inside the table), health findings,
+    and the cost. Tree models (`family` other than torch) count tree nodes, not parameters."""
     from rich.console import Console
 
-    title = (
-        f"{summary['model']} on {summary['data']}: best epoch {summary['best_epoch']}"
-        f" of {summary['epochs_run']}"
-    )
     console = Console()
-    console.print(metrics_table(title, summary["val"], summary["test"]))
+    heading = f"{summary['model']} on {summary['data']}"
+    if family != "torch" and summary["epochs_run"] > 1:  # boosting rounds (XGBoost)
+        heading += f": best round {summary['best_epoch']} of {summary['epochs_run']}"
+    elif family == "torch":
+        heading += f": best epoch {summary['best_epoch']} of {summary['epochs_run']}"
+    console.print(heading, style="bold", soft_wrap=True)
+    console.print(metrics_table("", summary["val"], summary["test"]))
     for finding in summary.get("health", []):
         console.print(f"[yellow]health:[/] {finding['message']}: {finding['advice']}")
+    size = f"{summary['params']:,} " + ("parameters" if family == "torch" else "tree nodes")
+    speed = ""
+    if family == "torch":
+        speed = f", {summary['samples_per_s']:,.0f} samples/s"
     console.print(
-        f"{summary['params']:,} parameters, {summary['wall_time_s']:.1f} s, "
-        f"{summary['samples_per_s']:,.0f} samples/s on {summary['device']}. "
+        f"{size}, {summary['wall_time_s']:.1f} s{speed} on {summary['device']}. "
         f"Run folder: {summary['run_dir']}"
     )

@@ -134,7 +134,7 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
             fitted.pictures(run_dir)  # the model's own: a confusion matrix, reconstructions, ...
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
             log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
-            print_summary(summary)
+            print_summary(summary, prep.entry.family)
         distributed.barrier()
         return summary
 
@@ -637,6 +637,8 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
             on_epoch(record, improved)
             logger.log(record)
 
+        on_record.step = on_epoch.step  # the bar of an epoch's steps
+
         result = fit_torch(
             model,
             prep.splits,
@@ -701,13 +703,8 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     path = estimator.save(ckpt_dir)
-    log.info(
-        "%s fitted in %.2f s (%d rounds); saved %s",
-        entry.name,
-        result.train_time_s,
-        result.epochs_run,
-        path.name,
-    )
+    rounds = f" ({result.epochs_run} rounds)" if result.epochs_run > 1 else ""
+    log.info("%s fitted in %.2f s%s; saved %s", entry.name, result.train_time_s, rounds, path.name)
     scores, outputs = score(prep, estimator, None, conf)
     pictures = confusion_pictures(spec, splits["test"][1], outputs["test"])
     return Fitted(result, scores, estimator.size(), pictures)

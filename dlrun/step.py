@@ -68,10 +68,13 @@ class Steps:
             return losses[0].reshape(1), norms[0].reshape(1)
         return torch.stack(losses), torch.stack(norms)
 
-    def run_epoch(self, perm, stop) -> int:
+    def run_epoch(self, perm, stop, on_step=None) -> int:
         """The epoch's steps in the order `perm`; returns how many ran (fewer when a signal
-        came: the step under way finishes first)."""
+        came: the step under way finishes first). `on_step` (dlrun.report.epoch_progress) is
+        told how far the epoch is at most every `on_step.every` seconds, never synchronising
+        between those times."""
         done = 0
+        tell = Progress(on_step, self)
         if self.graphs is not None:  # replayed: the graph reads the order and the counter
             self.order.copy_(perm)
             self.counter.zero_()
@@ -79,6 +82,7 @@ class Steps:
                 self.graphs(size)
                 done += 1
                 self.state.after_step()
+                tell(done)
                 if stop.signum is not None and self.world == 1:  # ranks agree once an epoch
                     break
             return done
@@ -88,6 +92,7 @@ class Steps:
             self.norms.select(1, step).copy_(norms)
             done += 1
             self.state.after_step()
+            tell(done)
             if stop.signum is not None and self.world == 1:
                 break
         return done
@@ -157,3 +162,36 @@ class Steps:
             self.counter.add_(1)
 
         self.graphs = GraphedSteps(body, self.device)
+
+
+class Progress:
+    """How far an epoch is, told to `on_step(done, total, samples, elapsed, loss)` at most every
+    `on_step.every` seconds: a clock read per step, and the running loss read from the device
+    only when it is shown."""
+
+    def __init__(self, on_step, steps: Steps):
+        import time
+
+        self.on_step, self.steps, self.clock = on_step, steps, time.perf_counter
+        self.started = self.clock()
+        self.every = getattr(on_step, "every", 0.25)
+        self.next = self.started + self.every
+
+    def __call__(self, done: int) -> None:
+        if self.on_step is None:
+            return
+        now = self.clock()
+        if now < self.next:
+            return
+        self.next = now + self.every
+        steps = self.steps
+        sizes = steps.batches.sizes[:done]
+        samples = sum(sizes)
+
+        def loss() -> float:
+            import torch
+
+            weights = torch.tensor(sizes, dtype=torch.float32, device=steps.device)
+            return float((steps.losses[0, :done] * weights).sum() / max(1, samples))
+
+        self.on_step(done, steps.batches.steps, samples, now - self.started, loss)

@@ -154,6 +154,7 @@ def fit_torch(
     from dlrun.params import freeze
 
     tcfg = conf.trainer
+    on_step = getattr(progress, "step", None)  # a bar of the epoch's steps (dlrun.report)
     objective = objective or supervised_objective(conf, spec, splits["train"][1])
     world = distributed.world_size() if distributed.active() else 1
     main = world == 1 or distributed.rank() == 0
@@ -198,7 +199,7 @@ def fit_torch(
                 health.follow_layers()  # the unfrozen layers are measured too
             state.frozen.train_mode(model)  # frozen batch norms stay in eval mode
             lr = state.lr()  # the rate this epoch starts with
-            done = steps.run_epoch(batches.order(state.shuffle), stop)
+            done = steps.run_epoch(batches.order(state.shuffle), stop, on_step)
             if done < batches.steps:  # stopped inside the epoch: last.pt keeps the one before
                 epoch -= 1
                 break

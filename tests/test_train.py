@@ -305,3 +305,84 @@ def test_augmentation_changes_training_and_is_reproducible(tmp_path):
     assert losses[1] != losses[0]  # the training batches were changed
     assert losses[1] == losses[2]  # the same seed draws the same changes
     assert first["test"] == again["test"]
+
+
+def test_the_epoch_line_fits_80_columns_and_numbers_read_well():
+    from dlrun.report import epoch_legend, epoch_line, number
+
+    assert [number(v) for v in (0.398, 107.214, 13888.32, 34692616192.0, 0.00012, 0.0, 2.0)] == [
+        "0.3980",
+        "107.2",
+        "13888",
+        "3.469e+10",
+        "1.200e-04",
+        "0",
+        "2.000",
+    ]
+    record = {
+        "epoch": 12,
+        "train_loss": 34692616192.0,
+        "val_loss": 11494.8484,
+        "val_rmse": 107.214,
+        "val_mae": 80.1,
+        "val_r2": -0.25,
+        "lr": 0.000123456,
+        "grad_norm": 123456.7,
+        "grad_norm_max": 1e6,
+        "epoch_time_s": 123.456,
+    }
+    line = epoch_line(record, 300, "val_r2") + "  *"
+    # the monitored metric (r2) instead of the task's (rmse); the widest numbers there are
+    assert (
+        line
+        == "epoch  12/300  loss 3.469e+10/11495  r2 -0.2500  lr 0.000123  grad 1.23e+05  123s  *"
+    )
+    assert len(line) <= 85
+    classes = {"epoch": 3, "train_loss": 0.21534, "val_loss": 0.22881, "val_accuracy": 0.93056}
+    classes.update(lr=0.001, grad_norm=1.1234, epoch_time_s=0.41)
+    line = epoch_line(classes, 30, "val_loss") + "  *"
+    assert line == "epoch  3/30  loss 0.2153/0.2288  accuracy 0.9306  lr 0.001  grad 1.12  0.41s  *"
+    gan = {"epoch": 1, "train_loss/disc": 0.5, "train_loss/gen": 1.25, "val_fid": 12.5}
+    gan.update(lr=0.0002, epoch_time_s=1.0)
+    assert (
+        epoch_line(gan, 5, "val_fid")
+        == "epoch 1/5  loss disc 0.5000 gen 1.250  fid 12.50  lr 0.0002  1.00s"
+    )
+    legend = epoch_legend(list(classes), "val_loss")
+    assert (
+        legend == "loss train/val, other metrics on validation; * = a new best val_loss (best.pt)"
+    )
+    assert len(legend) <= 80
+
+
+def test_the_bar_of_steps_is_told_at_a_low_rate_with_the_running_loss():
+    """Steps.run_epoch tells the progress how far the epoch is between steps: at most every
+    `every` seconds, with the samples done and their mean loss read only when asked."""
+    import torch
+
+    from dlrun.step import Progress
+
+    class Batches:
+        sizes, steps = [4, 4, 2], 3
+
+    class Steps:
+        batches, device = Batches(), torch.device("cpu")
+        losses = torch.tensor([[1.0, 2.0, 4.0]])
+
+    told = []
+
+    def on_step(done, total, samples, elapsed, loss):
+        told.append((done, total, samples, loss()))
+
+    on_step.every = 0.0  # every step
+    tell = Progress(on_step, Steps())
+    for done in (1, 2, 3):
+        tell(done)
+    assert told == [(1, 3, 4, 1.0), (2, 3, 8, 1.5), (3, 3, 10, (4 + 8 + 8) / 10)]
+    on_step.every = 3600.0  # an hour: nothing is told within this test
+    told.clear()
+    tell = Progress(on_step, Steps())
+    for done in (1, 2, 3):
+        tell(done)
+    assert told == []
+    Progress(None, Steps())(1)  # no bar (a sweep job's, a bench's): nothing to do
