@@ -23,8 +23,12 @@ class Estimator(abc.ABC):
 
     def fit(self, splits, conf, run_dir: Path) -> FitResult:
         x, y = splits["train"]
+        from dlrun.report import fit_progress
+
+        trees = getattr(self.model, "n_estimators", None)
         started = time.perf_counter()
-        self.model.fit(x, y)
+        with fit_progress(f"fitting {trees} trees" if trees else "fitting"):
+            self.model.fit(x, y)
         elapsed = time.perf_counter() - started
         record = {"epoch": 1}
         for name in ("train", "val"):

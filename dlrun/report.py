@@ -150,6 +150,23 @@ def item_progress(what: str, total: int):
     log.info("%s: %s in %.1f s", what, f"{total:,}", time.perf_counter() - started)
 
 
+@contextlib.contextmanager
+def fit_progress(what: str, total: int | None = None):
+    """A rich bar while a tree model fits: its rounds done of `total` (XGBoost), or the time
+    spent when the library tells nothing until it is done (a random forest). Yields
+    `update(done, status)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn(f"[bold]{what}"), BarColumn()]
+    if total is not None:
+        columns.append(MofNCompleteColumn())
+    columns += [TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
+    progress = Progress(*columns, transient=True)
+    task = progress.add_task(what, total=total, status="")
+    with progress:
+        yield lambda done, status="": progress.update(task, completed=done, status=status)
+
+
 def metrics_table(title: str, val: dict, test: dict):
     """The table a run ends with: each metric on validation and test."""
     from rich.table import Table

@@ -386,3 +386,29 @@ def test_the_bar_of_steps_is_told_at_a_low_rate_with_the_running_loss():
         tell(done)
     assert told == []
     Progress(None, Steps())(1)  # no bar (a sweep job's, a bench's): nothing to do
+
+
+def test_xgboost_writes_each_round_to_metrics_jsonl_as_it_ends(tmp_path, monkeypatch):
+    from dlrun.models import xgb
+
+    seen, real = [], xgb.round_records
+
+    def spying(run_dir, update):
+        recorder = real(run_dir, update)
+        after = recorder.after_iteration
+
+        def after_iteration(model, epoch, evals_log):
+            stop = after(model, epoch, evals_log)
+            seen.append(len((run_dir / "metrics.jsonl").read_text().splitlines()))
+            return stop
+
+        recorder.after_iteration = after_iteration
+        return recorder
+
+    monkeypatch.setattr(xgb, "round_records", spying)
+    summary, run_dir = train(tmp_path, "model=xgboost", "model.n_estimators=12", "data=iris")
+    assert seen == list(range(1, 13))  # round k is in the file when round k ends
+    records = read_metrics(run_dir)
+    assert [r["round"] for r in records] == list(range(1, 13))
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    assert summary["epochs_run"] == 12

@@ -4,6 +4,7 @@ boosting round in metrics.jsonl. Saved in XGBoost's own UBJSON format."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ import numpy as np
 
 from dlrun.config import ModelConfig, setting
 from dlrun.errors import UserError, first_line, unreadable
-from dlrun.estimators import Estimator, write_records
+from dlrun.estimators import Estimator
 from dlrun.registry import register_model
+from dlrun.report import number
 from dlrun.training import FitResult
 
 # XGBoost's evaluation metrics under dlrun's names (its mlogloss is dlrun's classification loss).
@@ -44,18 +46,20 @@ class Boosted(Estimator):
                 f"xgboost needs every class in the training split; it has {len(np.unique(y))} of "
                 f"{self.spec.num_classes}. Use a larger data.test_split/val_split share or more data."
             )
+        from dlrun.report import fit_progress
+
         started = time.perf_counter()
-        self.model.fit(x, y, eval_set=[(x, y), (xv, yv)], verbose=False)
+        total = self.model.n_estimators
+        with fit_progress("boosting rounds", total) as update:
+            recorder = round_records(run_dir, update)
+            self.model.set_params(callbacks=[recorder])
+            try:
+                self.model.fit(x, y, eval_set=[(x, y), (xv, yv)], verbose=False)
+            finally:
+                self.model.set_params(callbacks=None)
+                recorder.close()
         elapsed = time.perf_counter() - started
-        history = self.model.evals_result()
-        (metric,) = history["validation_0"]
-        name = METRIC_NAMES[metric]
-        train_curve, val_curve = history["validation_0"][metric], history["validation_1"][metric]
-        records = [
-            {"round": i + 1, f"train_{name}": float(t), f"val_{name}": float(v)}
-            for i, (t, v) in enumerate(zip(train_curve, val_curve, strict=True))
-        ]
-        write_records(run_dir, records)
+        records = recorder.records
         rounds = len(records)
         best = getattr(self.model, "best_iteration", None)
         best_round = rounds if best is None else int(best) + 1
@@ -91,6 +95,38 @@ class Boosted(Estimator):
 
     def size(self) -> int:
         return sum(len(tree.strip().splitlines()) for tree in self.model.get_booster().get_dump())
+
+
+def round_records(run_dir: Path, update):
+    """An XGBoost callback that writes each boosting round's train and validation metric to
+    metrics.jsonl as the round ends (a long fit shows its curve while it runs), and moves the
+    bar of rounds."""
+    from xgboost.callback import TrainingCallback
+
+    class Recorder(TrainingCallback):
+        def __init__(self):
+            super().__init__()
+            self.records, self.file = [], (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+        def after_iteration(self, model, epoch: int, evals_log) -> bool:
+            (metric,) = evals_log["validation_0"]
+            name = METRIC_NAMES[metric]
+            train, val = (
+                evals_log["validation_0"][metric][-1],
+                evals_log["validation_1"][metric][-1],
+            )
+            record = {"round": epoch + 1, f"train_{name}": float(train), f"val_{name}": float(val)}
+            self.records.append(record)
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+            best = min(r[f"val_{name}"] for r in self.records)
+            update(epoch + 1, f"val_{name} {number(float(val))}  best {number(best)}")
+            return False  # go on (early stopping is XGBoost's own)
+
+        def close(self) -> None:
+            self.file.close()
+
+    return Recorder()
 
 
 @register_model("xgboost", schema=XGBoostConfig, takes="flat", family="estimator")
