@@ -312,3 +312,24 @@ def _schema_fields(object_type) -> list[str]:
     if object_type is None or not dataclasses.is_dataclass(object_type):
         return []
     return sorted(f.name for f in dataclasses.fields(object_type))
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs dlrun's optional `extra` into the Python that runs dlrun now
+    (its packages by name: `pip install 'dlrun[extra]'` works only where dlrun is on an index,
+    not from a checkout)."""
+    import shlex
+    import sys
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        needs = requires("dlrun") or []
+    except PackageNotFoundError:
+        needs = []
+    packages = [
+        r.split(";")[0].strip() for r in needs if f'extra == "{extra}"' in r.replace("'", '"')
+    ]
+    listed = " ".join(shlex.quote(p.replace(" ", "")) for p in packages) or shlex.quote(
+        f".[{extra}]"
+    )
+    return f"{shlex.quote(sys.executable)} -m pip install {listed}"

@@ -36,14 +36,14 @@ class NoLogger:
 
 class TensorBoardLogger:
     def __init__(self, log_dir: Path):
-        from dlrun.errors import UserError
+        from dlrun.errors import UserError, install_hint
 
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError(
-                "logger: 'tensorboard' needs the tensorboard package. Install it with "
-                "pip install 'dlrun[tensorboard]'."
+                "logger: 'tensorboard' needs the tensorboard package (dlrun's tensorboard "
+                f"extra). Install it with: {install_hint('tensorboard')}"
             ) from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from dlrun.errors import UserError
+from dlrun.errors import UserError, install_hint
 
 GROUPS = ("model", "optim", "sched", "data", "logger")
 
@@ -572,7 +572,10 @@ def write_model(model, x: tuple, fmt: str, output: Path) -> np.ndarray:
         try:
             import onnxruntime
         except ImportError:
-            raise UserError("format: 'onnx' needs pip install 'dlrun[export]'.") from None
+            raise UserError(
+                "format: 'onnx' needs onnx and onnxruntime (dlrun's export extra). Install them "
+                f"with: {install_hint('export')}"
+            ) from None
         # one file when it fits (ONNX keeps weights inline up to 2 GB); beyond, the weights go
         # to <file>.data beside it, which must travel with the model
         params = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from conftest import read_metrics, train
-from dlrun.errors import ConfigError, TrainingError
+from dlrun.errors import ConfigError, TrainingError, UserError
 from dlrun.optim import OPTIMIZERS
 
 EPOCH_KEYS = {
@@ -412,3 +412,15 @@ def test_xgboost_writes_each_round_to_metrics_jsonl_as_it_ends(tmp_path, monkeyp
     assert [r["round"] for r in records] == list(range(1, 13))
     assert records[-1]["val_loss"] < records[0]["val_loss"]
     assert summary["epochs_run"] == 12
+
+
+def test_a_missing_extra_names_the_command_that_installs_it_here(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(UserError) as refused:
+        train(tmp_path, "trainer.max_epochs=1", "logger=tensorboard")
+    assert str(refused.value) == (
+        "logger: 'tensorboard' needs the tensorboard package (dlrun's tensorboard extra). "
+        f"Install it with: {sys.executable} -m pip install 'tensorboard>=2.14'"
+    )
