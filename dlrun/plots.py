@@ -102,6 +102,79 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> objec
     return fig
 
 
+def save_predictions(run_dir: Path, spec, y_true: np.ndarray, outputs: np.ndarray) -> dict:
+    """The pictures of the test split's predictions: for classes the confusion matrix and
+    per_class.png (precision, recall and F1 of each class), for a regression predictions.png
+    (predicted against true, and the residuals). Returns what summary.json adds: for classes
+    `test_per_class`."""
+    if spec.task == "regression":
+        save(plot_regression(y_true, outputs, spec.name), run_dir / "predictions.png")
+        return {}
+    save_confusion(run_dir, spec, y_true, outputs)
+    per_class = class_scores(y_true, outputs.argmax(axis=1), spec.class_labels)
+    if len(per_class) <= MAX_CONFUSION_CLASSES:
+        save(plot_per_class(per_class), run_dir / "per_class.png")
+    return {"test_per_class": per_class}
+
+
+def class_scores(y_true, y_pred, names) -> dict[str, dict]:
+    """Each class's precision, recall, F1 and support (its test samples), scikit-learn's."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = np.arange(len(names))
+    scores = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    keys = ("precision", "recall", "f1", "support")
+    return {
+        str(name): {
+            k: (int(v[i]) if k == "support" else float(v[i]))
+            for k, v in zip(keys, scores, strict=True)
+        }
+        for i, name in enumerate(names)
+    }
+
+
+def plot_per_class(per_class: dict[str, dict]):
+    """Precision, recall and F1 of each class as grouped bars, with each class's support."""
+    plt = _pyplot()
+    names = list(per_class)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4), constrained_layout=True)
+    for k, (key, color) in enumerate(
+        (("precision", "tab:blue"), ("recall", "tab:orange"), ("f1", "tab:green"))
+    ):
+        values = [per_class[n][key] for n in names]
+        ax.bar(x + (k - 1) * 0.27, values, width=0.27, color=color, label=key)
+    labels = [f"{n}\n(n={per_class[n]['support']})" for n in names]
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set(ylim=(0, 1.05), ylabel="score (higher is better)", title="test split, per class")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_regression(y_true: np.ndarray, outputs: np.ndarray, name: str):
+    """Predicted against true values of the test split (the diagonal is perfect), and the
+    residuals (predicted - true) against the predictions; the first target of several."""
+    plt = _pyplot()
+    true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)[:, 0]
+    pred = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)[:, 0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    axes[0].scatter(true, pred, s=10, alpha=0.6)
+    axes[0].plot([low, high], [low, high], color="gray", linestyle="--", label="predicted = true")
+    axes[0].set(xlabel="true", ylabel="predicted", title="predicted against true")
+    axes[0].legend()
+    residual = pred - true
+    axes[1].scatter(pred, residual, s=10, alpha=0.6)
+    axes[1].axhline(0, color="gray", linestyle="--")
+    rmse = float(np.sqrt(np.mean(residual**2)))
+    axes[1].set(xlabel="predicted", ylabel="predicted - true", title=f"residuals (rmse {rmse:.4g})")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{name}: test split ({len(true)} samples)")
+    return fig
+
+
 def save_confusion(run_dir: Path, spec, y_true: np.ndarray, outputs: np.ndarray) -> None:
     """confusion_matrix.png of the test split, for classes (not drawn beyond
     MAX_CONFUSION_CLASSES: the log says so)."""

@@ -83,6 +83,7 @@ def epoch_legend(record_keys: list[str], monitor: str) -> str:
 
 STEP_BAR_AFTER_S = 1.0  # an epoch shorter than this shows no bar of its steps
 STEP_BAR_EVERY_S = 0.25  # how often the bar of steps is updated (each update reads one number)
+STEP_BAR_REFRESH = 4  # redraws a second (rich's default, 10, wakes a thread 10 times a second)
 
 
 @contextlib.contextmanager
@@ -99,6 +100,7 @@ def epoch_progress(max_epochs: int, monitor: str, phases: list[str] | None = Non
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
         transient=True,
+        refresh_per_second=STEP_BAR_REFRESH,
     )
     task = progress.add_task("training", total=max_epochs, status="")
     steps = progress.add_task("  steps", total=1, status="", visible=False)

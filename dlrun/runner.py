@@ -131,7 +131,7 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
             title = f"{summary['model']} on {summary['data']}, {run_name(run_dir)}"
             curves = plots.plot_curves(history, monitor, title, summary["best_epoch"])
             plots.save(curves, run_dir / "curves.png")
-            fitted.pictures(run_dir)  # the model's own: a confusion matrix, reconstructions, ...
+            summary.update(fitted.pictures(run_dir) or {})  # the model's own: predictions, ...
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
             log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
             print_summary(summary, prep.entry.family)
@@ -560,10 +560,10 @@ class Fitted:
 
 
 def confusion_pictures(spec, y_test, outputs):
-    """pictures() of a model that predicts: the test split's confusion matrix (classes)."""
+    """pictures() of a model that predicts: its test predictions (dlrun.plots.save_predictions)."""
     from dlrun import plots
 
-    return lambda run_dir: plots.save_confusion(run_dir, spec, y_test, outputs)
+    return lambda run_dir: plots.save_predictions(run_dir, spec, y_test, outputs)
 
 
 def build_network(prep, conf, start: bool = False):
@@ -637,7 +637,7 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
             on_epoch(record, improved)
             logger.log(record)
 
-        on_record.step = on_epoch.step  # the bar of an epoch's steps
+        on_record.step = getattr(on_epoch, "step", None)  # the bar of an epoch's steps
 
         result = fit_torch(
             model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -283,6 +284,47 @@ def test_plots_are_pngs_drawn_from_the_run(tmp_path):
     y_true, y_pred = [0, 1, 2, 2, 1], [0, 2, 2, 2, 1]
     figure = plot_confusion(y_true, y_pred, ["a", "b", "c"])
     assert (figure.axes[0].images[0].get_array() == confusion_matrix(y_true, y_pred)).all()
+
+    # each class's precision, recall and F1 on the test split, drawn and in summary.json
+    from sklearn.metrics import classification_report
+
+    with Image.open(run_dir / "per_class.png") as image:
+        assert image.format == "PNG" and len(set(image.convert("L").getdata())) > 10
+    saved = json.loads((run_dir / "summary.json").read_text())["test_per_class"]
+    assert saved == summary["test_per_class"] and list(saved) == [str(k) for k in range(10)]
+    assert sum(c["support"] for c in saved.values()) == 360  # digits' test split
+    y_test, predicted = predictions_of(run_dir)
+    report = classification_report(y_test, predicted, output_dict=True, zero_division=0)
+    for name, scores in saved.items():
+        assert scores["recall"] == pytest.approx(report[name]["recall"])
+        assert scores["f1"] == pytest.approx(report[name]["f1-score"])
+
+
+def test_a_regression_run_draws_its_predictions_against_the_truth(tmp_path):
+    from PIL import Image
+
+    from dlrun.plots import plot_regression
+
+    summary, run_dir = train(tmp_path, "data=diabetes", "trainer.max_epochs=3")
+    with Image.open(run_dir / "predictions.png") as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+    assert not (run_dir / "confusion_matrix.png").exists() and "test_per_class" not in summary
+    true, predicted = np.array([1.0, 2.0, 4.0]), np.array([1.5, 2.0, 3.0])
+    figure = plot_regression(true, predicted, "t")
+    points = figure.axes[0].collections[0].get_offsets()
+    assert points.tolist() == [[1.0, 1.5], [2.0, 2.0], [4.0, 3.0]]
+    residuals = figure.axes[1].collections[0].get_offsets()[:, 1]
+    assert residuals.tolist() == [0.5, 0.0, -1.0]
+    assert figure.axes[1].get_title() == f"residuals (rmse {np.sqrt(1.25 / 3):.4g})"
+
+
+def predictions_of(run_dir):
+    """The test labels and the best model's predicted classes, through dlrun's own predict."""
+    from dlrun.use import Trained
+
+    trained = Trained(run_dir, with_data=True)
+    x_test, y_test = trained.prep.splits["test"]
+    return y_test, trained.outputs(x_test).argmax(axis=1)
 
 
 def test_tensorboard_logger_writes_events(tmp_path):

@@ -50,7 +50,7 @@ class Classification(Objective):
         else:
             outputs = self.outputs(model, x_test, lengths)
         y_test = prep.splits["test"][1]
-        return lambda run_dir: plots.save_confusion(run_dir, prep.spec, y_test, outputs)
+        return lambda run_dir: plots.save_predictions(run_dir, prep.spec, y_test, outputs)
 
 
 class Regression(Objective):
@@ -88,4 +88,22 @@ class Regression(Objective):
         from dlrun.training import predict
 
         outputs = predict(model, x, "regression", self.precision, lengths=lengths)
+        self.last = (x, outputs)  # the test split's, for `pictures` right after scoring
         return compute_metrics("regression", y, outputs, self.kind)
+
+    def pictures(self, model, x_test, prep):
+        from dlrun import plots
+        from dlrun.training import predict
+
+        last = getattr(self, "last", None)
+        if last is not None and last[0] is x_test:  # just scored: the same model's outputs
+            outputs = last[1]
+        else:
+            lengths = None
+            if prep.lengths is not None:
+                import torch
+
+                lengths = torch.as_tensor(prep.lengths["test"], device=x_test.device)
+            outputs = predict(model, x_test, "regression", self.precision, lengths=lengths)
+        y_test = prep.splits["test"][1]
+        return lambda run_dir: plots.save_predictions(run_dir, prep.spec, y_test, outputs)
