@@ -62,7 +62,67 @@ Runs are written to outputs/<task_name>/<date>/<time>/. Hydra's own flags: dlrun
 """
 
 
+def completions(line: str, config_dir: Path) -> list[str] | None:
+    """Tab completion without Hydra for what is typed most: a config group's options
+    (`data=pa`) and the first part of a word (groups and top-level keys). None for the rest (a
+    key inside a group, which needs the composed config: Hydra answers). The schemas stored
+    beside the options are not offered: they are not choices."""
+    import re
+
+    words = line.split()
+    word = "" if line.endswith(" ") or len(words) < 2 else words[-1]
+    groups = {
+        p.name: sorted(f.stem for f in p.glob("*.yaml"))
+        for p in config_dir.iterdir()
+        if p.is_dir() and p.name != "hydra"
+    }
+    if "=" in word:
+        key, _, typed = word.partition("=")
+        if key.lstrip("+~") not in groups:
+            return None
+        return [
+            f"{key}={option}" for option in groups[key.lstrip("+~")] if option.startswith(typed)
+        ]
+    if "." in word:
+        return None
+    text = (config_dir / "train.yaml").read_text()
+    chosen = dict(re.findall(r"^\s*-\s*([a-z_]+):\s*([\w-]+)", text, re.M))
+    keys = [k for k in re.findall(r"^([a-z_]+):", text, re.M) if k not in ("defaults", "hydra")]
+    found = []
+    for group in sorted(groups):
+        if chosen.get(group, "null") != "null":
+            found.append(f"{group}.")
+        found.append(f"{group}=")
+    found += [f"{key}=" for key in sorted(keys) if key not in groups] + ["hydra."]
+    return [w for w in found if w.startswith(word)]
+
+
+def complete() -> None:
+    """`dlrun -sc query=bash` (what Hydra's bash completion runs at each TAB): answered here when
+    it can be (`completions`), else by Hydra with the schemas left out."""
+    import io
+    import os
+    from contextlib import redirect_stdout
+
+    line = os.environ.get("COMP_LINE", "")
+    found = completions(line, find_config_dir())
+    if found is None:
+        from dlrun.cli import main as run
+
+        captured = io.StringIO()
+        with redirect_stdout(captured):
+            try:
+                run()
+            except SystemExit:
+                pass
+        found = [w for w in captured.getvalue().split() if not w.endswith("_schema")]
+    print(" ".join(found))
+
+
 def main() -> None:
+    if sys.argv[1:] in (["-sc", "query=bash"], ["--shell-completion", "query=bash"]):
+        complete()
+        return
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         # Our own help: Hydra's lists every option of every group by composing each one, which
         # takes seconds; this reads the folder names and returns at once.

@@ -172,3 +172,33 @@ def test_installed_wheel_finds_its_configs(tmp_path):
             cwd=tmp_path,
         ).stdout
     )
+
+
+def test_tab_completion_offers_choices_not_schemas_and_answers_at_once(tmp_path):
+    """What Hydra's bash completion runs at each TAB (`dlrun -sc query=bash` with COMP_LINE):
+    group options and top-level words are answered without Hydra; deeper keys by Hydra, with
+    the schemas left out either way."""
+    from conftest import BIN
+
+    def complete(line: str) -> list[str]:
+        env = {**os.environ, "COMP_LINE": line}
+        done = subprocess.run(
+            [str(BIN / "dlrun"), "-sc", "query=bash"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    options = complete("dlrun data=")
+    assert "data=parquet" in options and "data=digits" in options
+    assert not [o for o in options if "schema" in o]
+    assert complete("dlrun model=lenet5 data=pa") == ["data=parquet"]
+    assert complete("dlrun -m optim=ad") == ["optim=adagrad", "optim=adam", "optim=adamw"]
+    first = complete("dlrun ")
+    assert {"model=", "model.", "data=", "trainer.", "seed=", "task_name=", "hydra."} <= set(first)
+    assert complete("dlrun trai") == ["trainer.", "trainer="]
+    assert complete("dlrun trainer.max_ep") == ["trainer.max_epochs="]  # Hydra's own answer
