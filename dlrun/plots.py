@@ -276,13 +276,31 @@ def _picture(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
 
 
-def plot_leaderboard(names: list[str], values: list[float], metric: str):
-    """One bar per job, in leaderboard order."""
+def plot_leaderboard(names: list[str], values: list[float], metric: str, test=None, mode="min"):
+    """One group of bars per job, in leaderboard order: the ranking metric on validation and,
+    when given, the same metric on the test split; the direction in the title."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 4), constrained_layout=True)
-    ax.bar(range(len(names)), values, color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set(ylabel=metric, title=f"{metric} per job")
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 4), constrained_layout=True)
+    x = np.arange(len(names))
+    width = 0.4 if test is not None else 0.8
+    ax.bar(x - (width / 2 if test is not None else 0), values, width, label=metric)
+    if test is not None:
+        tested = [np.nan if v is None else v for v in test]
+        ax.bar(x + width / 2, tested, width, color="tab:orange", label=f"test_{metric[4:]}")
+        top = np.nanmax([*values, *tested])
+        if np.isfinite(top) and top > 0:
+            ax.set_ylim(top=top * 1.18)  # room for the legend above the bars
+        ax.legend(fontsize=8, loc="upper right", ncols=2)
+    ax.set_xticks(
+        x,
+        names,
+        rotation=30 if len(names) > 3 else 0,
+        ha="right" if len(names) > 3 else "center",
+        fontsize=8,
+    )
+    better = "higher" if mode == "max" else "lower"
+    name = metric.removeprefix("val_") if test is not None else metric
+    ax.set(ylabel=name, title=f"{metric} per job, best first ({better} is better)")
     ax.grid(axis="y", alpha=0.3)
     return fig
 

@@ -162,6 +162,7 @@ def make_summary(conf, prep, fitted, run_dir: Path, started: float) -> dict:
         "data": conf.data.name,
         "task": prep.spec.task,
         "objective": prep.entry.objective,
+        "family": prep.entry.family,  # torch (a network) or estimator (trees)
         "monitor": {"metric": stopping.monitor, "mode": stopping.mode, "best": best_value},
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,

@@ -65,7 +65,35 @@ def job_row(job: Path) -> dict:
     row.update({k: summary[k] for k in ("epochs_run", "wall_time_s", "params")})
     row["health"] = ", ".join(f["kind"] for f in summary.get("health", []))
     row["_monitor"] = monitor
+    row["_val"] = summary.get("val", {})
+    row["_family"] = summary.get("family", "torch")
     return row
+
+
+# What jobs of different model families (networks and trees) are ranked by when they monitor
+# their loss (a random forest's log-loss beside networks' cross-entropy ranked the most accurate
+# model third): the metric every family has and a person compares on, with its direction.
+COMMON_METRICS = (("accuracy", "max"), ("rmse", "min"))
+
+
+def ranking(ok: list[dict], monitor: dict) -> tuple[dict, str]:
+    """(the metric and mode the leaderboard ranks by, a line saying why when it is not the
+    monitored one)."""
+    models = {r["model"] for r in ok}
+    if len({r["_family"] for r in ok}) < 2 or not monitor["metric"].endswith("loss"):
+        return monitor, ""  # networks alone share their loss: it ranks them
+    for name, mode in COMMON_METRICS:
+        if all(name in r["_val"] for r in ok):
+            metric = f"val_{name}"
+            for r in ok:
+                r[metric] = r["_val"][name]
+            why = (
+                f"ranked by {metric} ({'higher' if mode == 'max' else 'lower'} is better), which "
+                f"every model family here has: the jobs train {', '.join(sorted(models))}, and "
+                f"their {monitor['metric']} is not what you would compare them on"
+            )
+            return {"metric": metric, "mode": mode}, why
+    return monitor, ""
 
 
 def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
@@ -76,12 +104,15 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     rows = [job_row(job) for job in job_dirs(sweep_dir)]
     ok = [r for r in rows if r["status"] == "ok"]
     monitor = ok[0]["_monitor"] if ok else {"metric": "val_loss", "mode": "min"}
-    sign = -1.0 if monitor["mode"] == "max" else 1.0
-    ok.sort(key=lambda r: sign * r.get(monitor["metric"], math.inf))
+    ranked, why = ranking(ok, monitor)
+    sign = -1.0 if ranked["mode"] == "max" else 1.0
+    ok.sort(key=lambda r: sign * r.get(ranked["metric"], math.inf))
     failed = [r for r in rows if r["status"] != "ok"]
     rows = ok + failed
 
     columns = ["job", "overrides", "status", "model", "data", monitor["metric"]]
+    if ranked != monitor:
+        columns.insert(columns.index(monitor["metric"]), ranked["metric"])
     columns += sorted({k for r in ok for k in r if k.startswith("test_")})
     columns += ["epochs_run", "wall_time_s", "params", "health", "error"]
     buffer = io.StringIO()
@@ -90,20 +121,27 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     writer.writerows(rows)
     atomic_write(sweep_dir / "leaderboard.csv", lambda f: f.write(buffer.getvalue()), mode="w")
     note = unfinished(sweep_dir, len(rows))
-    markdown = (f"> {note}\n\n" if note else "") + _markdown(rows, columns)
+    said = "".join(f"> {line}\n\n" for line in (note, why) if line)
+    markdown = said + _markdown(rows, columns)
     atomic_write(sweep_dir / "leaderboard.md", lambda f: f.write(markdown), mode="w")
     if ok:
         from dlrun import plots
 
-        names = [f"{r['job']}: {r['overrides']}"[:40] for r in ok]
-        plots.save(
-            plots.plot_leaderboard(names, [r[monitor["metric"]] for r in ok], monitor["metric"]),
-            sweep_dir / "leaderboard.png",
+        _, _, cells = terminal_view(ok, columns, ranked)  # each job's own overrides
+        names = [
+            f"{r['job']}: {c[1]}"[:40] if c[1] else r["job"] for r, c in zip(ok, cells, strict=True)
+        ]
+        metric = ranked["metric"]
+        twin = f"test_{metric.removeprefix('val_')}"
+        test = [r.get(twin) for r in ok] if metric.startswith("val_") and twin in columns else None
+        figure = plots.plot_leaderboard(
+            names, [r[metric] for r in ok], metric, test, ranked["mode"]
         )
-        write_best(sweep_dir, ok[0], monitor)
+        plots.save(figure, sweep_dir / "leaderboard.png")
+        write_best(sweep_dir, ok[0], ranked)
     LAST_FAILED[:] = [r["job"] for r in failed if r["status"] != "running"]
     if show:
-        _print(rows, columns, sweep_dir, note)
+        _print(rows, columns, sweep_dir, [line for line in (note, why) if line], ranked)
     return rows
 
 
@@ -162,22 +200,62 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print(rows: list[dict], columns: list[str], sweep_dir: Path, note: str) -> None:
+def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
+    """The leaderboard as the terminal shows it, readable at 100 columns: (lines above it,
+    columns, rows of text). Overrides every job shares are said once above; the ranking metric
+    and the same metric on the test split come first; columns empty in every row are left out; numbers keep 4
+    significant digits. leaderboard.csv/.md keep every column (the other test metrics too)."""
+    tokens = [r["overrides"].split() for r in rows]
+    common = [t for t in tokens[0] if all(t in other for other in tokens)] if tokens else []
+    above = [f"every job: {' '.join(common)}"] if common else []
+    same, named = {}, set()
+    for key in ("model", "data"):
+        values = {r.get(key) for r in rows if r["status"] == "ok"}
+        if all(any(t.startswith(f"{key}=") for t in own) for own in tokens):
+            named.add(key)  # the overrides name it in every row already
+        elif len(values) == 1 and len(rows) > 1:
+            same[key] = values.pop()
+    if same:
+        above.append(", ".join(f"{k}: {v}" for k, v in same.items()))
+    matching = f"test_{ranked['metric'].removeprefix('val_')}"
+    tests = [c for c in columns if c.startswith("test_")]
+    first = ["job", "overrides", ranked["metric"], *[c for c in tests if c == matching]]
+    # the other test metrics stay in the files: the terminal keeps its 100 columns
+    left_out = {*same, *named, *tests, "wall_time_s", "params"}
+    rest = [c for c in columns if c not in first and c not in left_out]
+    order = first + rest
+    text = []
+    for r, own in zip(rows, tokens, strict=True):
+        values = {c: _fmt(r.get(c)) for c in order}
+        values["overrides"] = " ".join(t for t in own if t not in common)
+        text.append(values)
+    shown = [c for c in order if c == "job" or any(v[c] for v in text)]
+    if all(r["status"] == "ok" for r in rows):
+        shown = [c for c in shown if c != "status"]
+    return above, shown, [[v[c] for c in shown] for v in text]
+
+
+def _print(rows: list[dict], columns: list[str], sweep_dir: Path, notes: list[str], ranked) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"leaderboard: {sweep_dir}")
-    shown = [c for c in columns if c not in ("wall_time_s", "params")]
+    console = Console()
+    console.print(f"leaderboard: {sweep_dir}", style="bold", soft_wrap=True)
+    above, shown, cells = terminal_view(rows, columns, ranked)
+    for line in above:
+        console.print(line, soft_wrap=True)
+    table = Table()
     for c in shown:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        style = None if r["status"] == "ok" else "red"
-        table.add_row(*(_fmt(r.get(c)) for c in shown), style=style)
-    Console().print(table)
-    if note:
-        Console().print(f"[yellow]{note}[/]")
+        table.add_column(
+            c, overflow="fold", justify="right" if c.startswith(("val_", "test_")) else "left"
+        )
+    for r, row_cells in zip(rows, cells, strict=True):
+        table.add_row(*row_cells, style=None if r["status"] == "ok" else "red")
+    console.print(table)
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
     if rows and rows[0]["status"] == "ok":
-        Console().print(
+        console.print(
             f"best: job {rows[0]['job']} ({rows[0]['overrides']}); rerun it with "
             f"dlrun -cd {sweep_dir} -cn best"
         )

@@ -102,3 +102,52 @@ def test_parallel_launchers_run_a_sweep(tmp_path, launcher):
     rows = leaderboard(sweep_dir)
     assert sorted(r["model"] for r in rows) == ["gru", "mlp"]
     assert all(r["status"] == "ok" and math.isfinite(float(r["test_accuracy"])) for r in rows)
+
+
+def test_the_terminal_leaderboard_fits_and_families_are_ranked_by_accuracy():
+    from dlrun.sweep import ranking, terminal_view
+
+    def row(job, model, val, test_acc, val_acc):
+        return {
+            "job": job,
+            "overrides": f"model={model} data=wine trainer.max_epochs=5",
+            "status": "ok",
+            "model": model,
+            "data": "wine",
+            "val_loss": val,
+            "test_accuracy": test_acc,
+            "test_loss": val * 1.1,
+            "epochs_run": 5,
+            "wall_time_s": 1.23456789,
+            "params": 1000,
+            "health": "",
+            "error": "",
+            "_monitor": {"metric": "val_loss", "mode": "min"},
+            "_val": {"accuracy": val_acc, "loss": val},
+            "_family": "torch" if model == "mlp" else "estimator",
+        }
+
+    ok = [
+        row("0", "mlp", 0.0812345678901234, 0.9722222222222222, 0.96),
+        row("1", "random_forest", 0.2012345, 1.0, 1.0),
+        row("2", "xgboost", 0.05, 0.9444, 0.93),
+    ]
+    ranked, why = ranking(ok, ok[0]["_monitor"])
+    assert ranked == {"metric": "val_accuracy", "mode": "max"}
+    assert why.startswith("ranked by val_accuracy (higher is better), which every model family")
+    ok.sort(key=lambda r: -r["val_accuracy"])
+    assert [r["model"] for r in ok] == ["random_forest", "mlp", "xgboost"]
+    columns = ["job", "overrides", "status", "model", "data", "val_accuracy", "val_loss"]
+    columns += ["test_accuracy", "test_loss", "epochs_run", "wall_time_s", "params", "health"]
+    columns += ["error"]
+    above, shown, cells = terminal_view(ok, columns, ranked)
+    assert above == ["every job: data=wine trainer.max_epochs=5"]
+    # the ranking metric and its test twin first; empty, shared and repeated columns left out
+    assert shown == ["job", "overrides", "val_accuracy", "test_accuracy", "val_loss", "epochs_run"]
+    assert cells[1] == ["0", "model=mlp", "0.96", "0.9722", "0.08123", "5"]
+    width = sum(max(len(c), *(len(r[i]) for r in cells)) + 3 for i, c in enumerate(shown))
+    assert width <= 100
+    # networks alone (mlp, lenet5) share their loss: it ranks them
+    same = [row("0", "mlp", 0.2, 0.9, 0.9), row("1", "mlp", 0.1, 0.8, 0.8)]
+    same[1]["model"] = "lenet5"
+    assert ranking(same, same[0]["_monitor"]) == (same[0]["_monitor"], "")
