@@ -53,6 +53,8 @@ def _train(cfg: DictConfig) -> float | None:
         # Never write into a folder this job was refused: the other jobs go on.
         logging.getLogger("dlrun").error("job refused: %s", ex)
         return float("nan")
+    if sweeping and main_rank:
+        announce_job(hydra_cfg)
     try:
         summary = run(cfg, run_dir)
     except Exception as ex:
@@ -72,6 +74,42 @@ def _train(cfg: DictConfig) -> float | None:
     if Path(summary["run_dir"]) != run_dir:  # resumed into its own folder: keep no empty one
         fold_into(run_dir, Path(summary["run_dir"]))
     return summary["monitor"]["best"]  # what a Hydra sweeper optimizes
+
+
+def announce_job(hydra_cfg) -> None:
+    """A sweep job's first line: "job k of N" (trial, for a search) with its overrides and the
+    best of the jobs finished so far; under a parallel launcher every dlrun line of the job is
+    prefixed "[job k]", so interleaved logs can be told apart."""
+    from dlrun import folders
+    from dlrun.sweep import best_so_far
+
+    log = logging.getLogger("dlrun")
+    sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    number = int(hydra_cfg.job.num) + 1
+    planned = folders.sweep_info(sweep_dir).get("planned")
+    search = "n_trials" in hydra_cfg.sweeper
+    what = "trial" if search else "job"
+    overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith("hydra"))
+    best = best_so_far(sweep_dir)
+    for earlier in _prefixes:  # a worker process that ran an earlier job of the sweep
+        log.removeFilter(earlier)
+    _prefixes.clear()
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if "BasicLauncher" not in launcher:  # jobs run side by side: their lines interleave
+        prefix = f"[{what} {number}] "
+
+        def prefixed(record: logging.LogRecord) -> bool:
+            if not str(record.msg).startswith(prefix):
+                record.msg = prefix + str(record.msg)
+            return True
+
+        log.addFilter(prefixed)
+        _prefixes.append(prefixed)
+    line = f"{what} {number}" + (f" of {planned}" if planned else "") + f": {overrides}"
+    log.info("%s%s", line, f"  (best so far: {best})" if best else "")
+
+
+_prefixes: list = []  # the log filter that prefixes this process's lines with its job
 
 
 def fold_into(new_dir: Path, run_dir: Path) -> None:

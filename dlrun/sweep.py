@@ -96,6 +96,29 @@ def ranking(ok: list[dict], monitor: dict) -> tuple[dict, str]:
     return monitor, ""
 
 
+def best_so_far(sweep_dir: Path) -> str:
+    """The best of the sweep's finished jobs by their monitored metric, as "val_loss 0.1234
+    (job 3)"; '' before any job has finished."""
+    best = None
+    for job in job_dirs(Path(sweep_dir)):
+        try:
+            summary = json.loads((job / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if summary.get("status") != "completed":
+            continue
+        monitor = summary["monitor"]
+        value = monitor["best"]
+        if value is None or not math.isfinite(value):
+            continue
+        sign = -1.0 if monitor["mode"] == "max" else 1.0
+        if best is None or sign * value < sign * best[0]:
+            best = (value, monitor["metric"], job.name)
+    if best is None:
+        return ""
+    return f"{best[1]} {_fmt(float(best[0]))} (job {best[2]})"
+
+
 def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     """Build and write the leaderboard of `sweep_dir`; return its rows, best first."""
     from dlrun.checkpoints import atomic_write

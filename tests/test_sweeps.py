@@ -54,6 +54,13 @@ def test_leaderboard_matches_the_jobs_and_lists_the_failures(tmp_path):
         )
     assert float(rows[0]["val_loss"]) <= float(rows[1]["val_loss"])  # best first
     assert "leaderboard" in result.stdout and "model=" in result.stdout  # the rich table
+    said = " ".join(result.stdout.split())  # (rich wraps long lines)
+    assert "job 1 of 4: model=mlp optim.lr=0.001 trainer.max_epochs=2" in said
+    assert (
+        "job 2 of 4: model=mlp optim.lr=1000000000000.0 trainer.max_epochs=2 (best so far: "
+        f"val_loss {float(rows[0 if rows[0]['job'] == '0' else 1]['val_loss']):.4g} (job 0))"
+        in said
+    )
     md = (sweep_dir / "leaderboard.md").read_text().splitlines()
     assert len(md) == 2 + 4 and md[2].startswith(f"| {rows[0]['job']} |")
     with Image.open(sweep_dir / "leaderboard.png") as image:
@@ -101,6 +108,10 @@ def test_parallel_launchers_run_a_sweep(tmp_path, launcher):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = leaderboard(sweep_dir)
     assert sorted(r["model"] for r in rows) == ["gru", "mlp"]
+    if launcher == "joblib":  # side by side: each job's lines carry its number
+        said = " ".join((result.stdout + result.stderr).split())
+        assert "[job 1] job 1 of 2: model=mlp" in said and "[job 2] job 2 of 2: model=gru" in said
+        assert "[job 2] epoch 1/2" in said
     assert all(r["status"] == "ok" and math.isfinite(float(r["test_accuracy"])) for r in rows)
 
 
