@@ -175,6 +175,57 @@ def plot_regression(y_true: np.ndarray, outputs: np.ndarray, name: str):
     return fig
 
 
+TOP_FEATURES = 20  # the bars of feature_importance.png (the csv lists every feature)
+
+
+def save_importance(run_dir: Path, importance, spec, names) -> None:
+    """A tree model's feature importances (scikit-learn's / XGBoost's `feature_importances_`):
+    feature_importance.csv (every feature, most important first) and feature_importance.png —
+    the top features as bars for a table, a map over the pixels (or steps and features) for
+    images and sequences, where one feature alone means little."""
+    import csv
+    import io
+
+    from dlrun.checkpoints import atomic_write
+
+    importance = np.asarray(importance, dtype=np.float64)
+    if names is None or len(names) != len(importance):
+        names = [f"feature {i}" for i in range(len(importance))]
+    order = np.argsort(-importance, kind="stable")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["feature", "importance"])
+    writer.writerows([names[i], f"{importance[i]:.6g}"] for i in order)
+    atomic_write(run_dir / "feature_importance.csv", lambda f: f.write(buffer.getvalue()), mode="w")
+    save(plot_importance(importance, list(names), spec), run_dir / "feature_importance.png")
+
+
+def plot_importance(importance: np.ndarray, names: list[str], spec):
+    plt = _pyplot()
+    shape = tuple(spec.shape)
+    if spec.kind in ("image", "sequence") and int(np.prod(shape)) == len(importance):
+        grid = importance.reshape(shape)
+        if spec.kind == "image":
+            grid = grid.sum(axis=0)  # (H, W): a pixel's importance over its channels
+            labels = ("column", "row")
+        else:
+            grid = grid.T  # (D, T): features down, time along
+            labels = ("time step", "feature")
+        fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
+        shown = ax.imshow(grid, cmap="viridis", aspect="auto" if spec.kind == "sequence" else None)
+        fig.colorbar(shown, ax=ax, label="importance")
+        ax.set(xlabel=labels[0], ylabel=labels[1], title="feature importance (the model's own)")
+        return fig
+    top = np.argsort(-importance, kind="stable")[:TOP_FEATURES][::-1]
+    fig, ax = plt.subplots(figsize=(7, 1 + 0.3 * len(top)), constrained_layout=True)
+    ax.barh(range(len(top)), importance[top], color="tab:blue")
+    ax.set_yticks(range(len(top)), [names[i] for i in top], fontsize=8)
+    more = f", top {len(top)} of {len(importance)}" if len(importance) > len(top) else ""
+    ax.set(xlabel="importance (the model's own)", title=f"feature importance{more}")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
 def save_confusion(run_dir: Path, spec, y_true: np.ndarray, outputs: np.ndarray) -> None:
     """confusion_matrix.png of the test split, for classes (not drawn beyond
     MAX_CONFUSION_CLASSES: the log says so)."""

@@ -707,7 +707,17 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     rounds = f" ({result.epochs_run} rounds)" if result.epochs_run > 1 else ""
     log.info("%s fitted in %.2f s%s; saved %s", entry.name, result.train_time_s, rounds, path.name)
     scores, outputs = score(prep, estimator, None, conf)
-    pictures = confusion_pictures(spec, splits["test"][1], outputs["test"])
+    predictions = confusion_pictures(spec, splits["test"][1], outputs["test"])
+    importance = getattr(estimator.model, "feature_importances_", None)
+    data = prep.data
+
+    def pictures(run_dir: Path) -> dict:
+        from dlrun import plots
+
+        if importance is not None:
+            plots.save_importance(run_dir, importance, data.spec, data.feature_names)
+        return predictions(run_dir)
+
     return Fitted(result, scores, estimator.size(), pictures)
 
 

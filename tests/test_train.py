@@ -466,3 +466,30 @@ def test_a_missing_extra_names_the_command_that_installs_it_here(tmp_path, monke
         "logger: 'tensorboard' needs the tensorboard package (dlrun's tensorboard extra). "
         f"Install it with: {sys.executable} -m pip install 'tensorboard>=2.14'"
     )
+
+
+def test_tree_models_draw_their_feature_importances_by_name(tmp_path):
+    import csv
+
+    from PIL import Image
+    from sklearn.datasets import load_wine
+
+    from dlrun.use import Trained
+
+    _, run_dir = train(tmp_path, "model=random_forest", "data=wine", name="wine")
+    with (run_dir / "feature_importance.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["feature"] for r in rows} == set(load_wine().feature_names)
+    values = [float(r["importance"]) for r in rows]
+    assert values == sorted(values, reverse=True) and sum(values) == pytest.approx(1, abs=1e-4)
+    fitted = Trained(run_dir).model.model.feature_importances_
+    names = load_wine().feature_names
+    assert rows[0]["feature"] == names[int(np.argmax(fitted))]
+    with Image.open(run_dir / "feature_importance.png") as image:
+        assert image.size == (700, 490)  # 13 bars
+    # pixels: a map over the image, not 64 bars
+    _, digits_dir = train(tmp_path, "model=random_forest", name="digits")
+    with Image.open(digits_dir / "feature_importance.png") as image:
+        assert image.size == (600, 500)
+    with (digits_dir / "feature_importance.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 64

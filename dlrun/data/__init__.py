@@ -117,6 +117,9 @@ class DataModule:
     # Padded sequences: split -> each sample's valid steps (N,), the first ones; None: all valid
     lengths: dict[str, np.ndarray] | None = None
     on_bad_file: str = "error"  # data.on_bad_file, for samples read from disk while training
+    # A table's name for each feature (its columns; one-hot features as column=value), None
+    # where features are pixels or steps: what a tree model's importances are shown by
+    feature_names: tuple[str, ...] | None = None
 
     @property
     def preprocessing(self):
@@ -262,6 +265,7 @@ def build_data(cfg, fitted=None) -> DataModule:
         augment=getattr(cfg, "augment", None),
         sources=fingerprints(cfg),
         lengths=None if lengths is None else dict(zip(SPLITS, lengths, strict=True)),
+        feature_names=raw.feature_names if spec.kind == "tabular" else None,
     )
 
 
@@ -318,6 +322,7 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
         augment=getattr(cfg, "augment", None),
         sources=fingerprints(cfg),
         on_bad_file=getattr(cfg, "on_bad_file", "error"),
+        feature_names=raw.feature_names if raw.spec.kind == "tabular" else None,
     )
 
 

@@ -27,7 +27,7 @@ def _bundled(name: str, loader: str, task: str):
         else:
             y = bunch.target.astype(np.float32)
             spec = DataSpec(name, task, "tabular", (x.shape[1],))
-        return RawData(x, y, spec)
+        return RawData(x, y, spec, feature_names=tuple(map(str, bunch.feature_names)))
 
     return load
 
