@@ -152,6 +152,30 @@ def item_progress(what: str, total: int):
     log.info("%s: %s in %.1f s", what, f"{total:,}", time.perf_counter() - started)
 
 
+BUSY_LOG_AFTER_S = 1.0  # a moment that took longer is named in the log, with its time
+
+
+@contextlib.contextmanager
+def busy(what: str):
+    """A moment without items to count (reading a CSV, encoding a table, opening a dataset's
+    files): a spinner with the time spent while it lasts, and a log line when it took more
+    than a second."""
+    import time
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn(f"[bold]{what}"), TimeElapsedColumn(), transient=True
+    )
+    progress.add_task(what, total=None)
+    started = time.perf_counter()
+    with progress:
+        yield
+    spent = time.perf_counter() - started
+    if spent >= BUSY_LOG_AFTER_S:
+        log.info("%s: %.1f s", what, spent)
+
+
 @contextlib.contextmanager
 def fit_progress(what: str, total: int | None = None):
     """A rich bar while a tree model fits: its rounds done of `total` (XGBoost), or the time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -493,3 +494,19 @@ def test_tree_models_draw_their_feature_importances_by_name(tmp_path):
         assert image.size == (600, 500)
     with (digits_dir / "feature_importance.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 64
+
+
+def test_a_slow_moment_without_items_is_named_with_its_time(monkeypatch, caplog):
+    import logging
+
+    from dlrun import report
+
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        with report.busy("reading houses.csv"):
+            pass
+    assert "reading houses.csv" not in caplog.text  # instant: no line
+    monkeypatch.setattr(report, "BUSY_LOG_AFTER_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="dlrun"):
+        with report.busy("reading houses.csv"):
+            pass
+    assert re.search(r"reading houses.csv: \d+\.\d s", caplog.text)

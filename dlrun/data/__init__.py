@@ -209,7 +209,12 @@ def build_data(cfg, fitted=None) -> DataModule:
         raw = dataclasses.replace(raw, encode=fitted.encoder.refitted(raw.encode))
         x = raw.encode.apply(raw.x)
     else:
-        x = raw.encode(raw.x, train) if raw.encode is not None else raw.x
+        x = raw.x
+        if raw.encode is not None:
+            from dlrun.report import busy
+
+            with busy(f"encoding {len(raw.y):,} rows, fitted on the {len(train):,} training rows"):
+                x = raw.encode(raw.x, train)
     pixel_max = raw.pixel_max if raw.encode is None else None
     if getattr(raw.encode, "kind", None) == "text":  # token ids, their lengths, the vocabulary
         raw = text_tokens(raw, x, train)

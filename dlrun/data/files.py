@@ -292,8 +292,10 @@ def read_table(path_text: str, fmt: str, key: str = "data.path"):
     names the setting in messages (dlrun-predict reads its `input` here too)."""
     import pandas as pd
 
+    from dlrun.report import busy
+
     path, shown = checked_file(path_text, fmt, key)
-    with reading(shown, fmt, key):
+    with reading(shown, fmt, key), busy(f"reading {shown}"):
         df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
     df.columns = [str(c) for c in df.columns]
     check_size(df.columns, len(df), shown, fmt, key)

@@ -105,14 +105,16 @@ def load_torchvision(cfg: TorchvisionConfig) -> RawData:
         raise UserError(
             f"data.root: {root} is a file; give the folder that holds the {source.title} files."
         )
-    train = _open(source, root, cfg.download, train=True)
-    test = _open(source, root, cfg.download, train=False)
+    from dlrun.report import busy
 
-    images, labels = [], []
-    for ds in (train, test):
-        # uint8: (N, H, W) for MNIST, (N, H, W, C) for CIFAR
-        images.append(np.asarray(ds.data)[: cfg.limit])
-        labels.append(np.asarray(ds.targets, dtype=np.int64)[: cfg.limit])
+    with busy(f"reading the {source.title} files in {root}"):
+        train = _open(source, root, cfg.download, train=True)
+        test = _open(source, root, cfg.download, train=False)
+        images, labels = [], []
+        for ds in (train, test):
+            # uint8: (N, H, W) for MNIST, (N, H, W, C) for CIFAR
+            images.append(np.asarray(ds.data)[: cfg.limit])
+            labels.append(np.asarray(ds.targets, dtype=np.int64)[: cfg.limit])
     counts = [len(y) for y in labels]
     pixels = np.concatenate(images)
     x = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
