@@ -220,6 +220,64 @@ def check(
     return checked
 
 
+def recipe_dir() -> Path:
+    """recipes/ ships inside the wheel as dlrun/recipe_configs; in a source checkout it sits
+    beside the package (as configs/ does)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "recipe_configs", here.parent / "recipes"):
+        if any(candidate.glob("*.yaml")):
+            return candidate
+    raise FileNotFoundError(f"dlrun's recipes are missing (looked in {here} and {here.parent})")
+
+
+def main_recipe(argv: list[str] | None = None) -> None:
+    """`dlrun-recipe NAME [overrides]`: run a recipe from any directory, as its header's command
+    would from the repository root (its `before` runs first, under outputs/recipes/); with no
+    NAME, list the recipes. Runs go to outputs/ of the current directory, as any dlrun run."""
+    args = sys.argv[1:] if argv is None else argv
+    folder = recipe_dir()
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    if not args or args[0] in ("-h", "--help", "--list"):
+        print(
+            "usage: dlrun-recipe NAME [key=value ...]   (runs the recipe; its runs go to outputs/)"
+        )
+        print("recipes:")
+        for name in names:
+            title = (folder / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+            print(f"  {name:<28} {title}")
+        sys.exit(0 if args else 2)
+    name, extra = args[0], args[1:]
+    if name not in names:
+        from dlrun.errors import did_you_mean
+
+        print(
+            f"dlrun-recipe: '{name}' is not a recipe. Recipes: {', '.join(names)}."
+            + did_you_mean(name, names),
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    recipe = parse(folder / f"{name}.yaml")
+    missing = recipe.missing()
+    if missing:
+        print(f"dlrun-recipe: {name} needs {missing}, which is not there.", file=sys.stderr)
+        sys.exit(2)
+    dlrun = str(Path(sys.executable).with_name("dlrun"))
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    folders = {}
+    for before, before_args in recipe.before:  # e.g. the run a transfer recipe starts from
+        folders[before] = (Path("outputs") / "recipes" / stamp / f"{name}-{before}").absolute()
+        print(f"dlrun-recipe: {name} first runs {before}", flush=True)
+        step = [dlrun, *before_args, *extra, f"hydra.run.dir={folders[before]}"]
+        if subprocess.run(step).returncode != 0:
+            sys.exit(1)
+    command = list(recipe.args)
+    for before, path in folders.items():
+        command = [a.replace(f"{{{before}}}", str(path)) for a in command]
+    command[command.index("-cd") + 1] = str(folder)
+    print(f"dlrun-recipe: dlrun {' '.join(command + extra)}", flush=True)
+    sys.exit(subprocess.run([dlrun, *command, *extra]).returncode)
+
+
 def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -141,7 +141,11 @@ def test_installed_wheel_finds_its_configs(tmp_path):
         "dlrun/configs/train.yaml",
         "dlrun/configs/model/lenet5.yaml",
         "dlrun/configs/optim/adam.yaml",
+        "dlrun/recipe_configs/optimizers.yaml",
     } <= names
+    # every package of the source (dlrun.objectives was once left out of the wheel)
+    packages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "dlrun").rglob("__init__.py")}
+    assert packages <= names, sorted(packages - names)
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel],
@@ -162,6 +166,19 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     assert result.returncode == 0, result.stderr
     (summary,) = (tmp_path / "outputs").rglob("summary.json")
     assert json.loads(summary.read_text())["model"] == "lenet5"
+    # the recipes ship too: dlrun-recipe lists them from the installed copy, anywhere
+    code = "from dlrun.recipes import main_recipe, recipe_dir; print(recipe_dir()); main_recipe(['--list'])"
+    listed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"},
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0] == str(target / "dlrun" / "recipe_configs")
+    assert "  optimizers " in listed.stdout and "Optimizers compared" in listed.stdout
     assert (
         str(target)
         in subprocess.run(
@@ -202,3 +219,15 @@ def test_tab_completion_offers_choices_not_schemas_and_answers_at_once(tmp_path)
     assert {"model=", "model.", "data=", "trainer.", "seed=", "task_name=", "hydra."} <= set(first)
     assert complete("dlrun trai") == ["trainer.", "trainer="]
     assert complete("dlrun trainer.max_ep") == ["trainer.max_epochs="]  # Hydra's own answer
+
+
+def test_a_recipe_runs_by_name_from_any_directory(tmp_path):
+    result = cli("lenet5_digits", "trainer.max_epochs=1", cwd=tmp_path, tool="dlrun-recipe")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary,) = (tmp_path / "outputs" / "lenet5_digits").rglob("summary.json")
+    done = json.loads(summary.read_text())
+    assert done["model"] == "lenet5" and done["epochs_run"] == 1
+    wrong = cli("lenet5_digit", cwd=tmp_path, tool="dlrun-recipe")
+    assert wrong.returncode == 2 and "Did you mean 'lenet5_digits'?" in wrong.stderr
+    listed = cli(cwd=tmp_path, tool="dlrun-recipe")
+    assert listed.returncode == 2 and "  related_task_digits " in listed.stdout
