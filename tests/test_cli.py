@@ -153,29 +153,27 @@ def test_installed_wheel_finds_its_configs(tmp_path):
         capture_output=True,
         timeout=300,
     )
-    # Only the installed copy of dlrun is importable: the source checkout is not on the path.
+
+    def installed(code: str, *args: str) -> subprocess.CompletedProcess:
+        """Python code run where only the installed copy of dlrun is importable (the source
+        checkout is not on the path)."""
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"},
+        )
+
     code = "import sys; from dlrun.cli import main; sys.argv = ['dlrun', *sys.argv[1:]]; main()"
-    result = subprocess.run(
-        [sys.executable, "-c", code, "trainer.max_epochs=1", "model=lenet5"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"},
-    )
+    result = installed(code, "trainer.max_epochs=1", "model=lenet5")
     assert result.returncode == 0, result.stderr
     (summary,) = (tmp_path / "outputs").rglob("summary.json")
     assert json.loads(summary.read_text())["model"] == "lenet5"
     # the recipes ship too: dlrun-recipe lists them from the installed copy, anywhere
-    code = "from dlrun.recipes import main_recipe, recipe_dir; print(recipe_dir()); main_recipe(['--list'])"
-    listed = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"},
-    )
+    code = "from dlrun.recipes import main_recipe, recipe_dir; print(recipe_dir()); main_recipe()"
+    listed = installed(code, "--list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[0] == str(target / "dlrun" / "recipe_configs")
     assert "  optimizers " in listed.stdout and "Optimizers compared" in listed.stdout
