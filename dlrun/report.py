@@ -149,7 +149,11 @@ def item_progress(what: str, total: int):
     started = time.perf_counter()
     with progress:
         yield lambda n=1: progress.advance(task, n)
-    log.info("%s: %s in %.1f s", what, f"{total:,}", time.perf_counter() - started)
+    spent = time.perf_counter() - started
+    level = (
+        logging.INFO if spent >= BUSY_LOG_AFTER_S else logging.DEBUG
+    )  # instant: not worth a line
+    log.log(level, "%s: %s in %.1f s", what, f"{total:,}", spent)
 
 
 BUSY_LOG_AFTER_S = 1.0  # a moment that took longer is named in the log, with its time
