@@ -39,6 +39,32 @@ def config_groups(config_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def settings(config_dir: Path, width: int = 100) -> str:
+    """'key=default   what it does' for the top-level settings and the trainer's, from the
+    YAML files' own lines and comments (read as text: no YAML parser to import)."""
+    import re
+
+    lines = []
+    for prefix, path in (("", "train.yaml"), ("trainer.", "trainer/default.yaml")):
+        parents: list[tuple[int, str]] = []
+        for line in (config_dir / path).read_text().splitlines():
+            found = re.match(r"^( *)([a-z_]+):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
+            if not found or found[2] in ("defaults", "hydra") or line.startswith((" -", "-")):
+                continue
+            indent, key, value, comment = len(found[1]), found[2], found[3], found[4] or ""
+            parents = [(i, k) for i, k in parents if i < indent]
+            if prefix == "" and indent:  # the hydra: block's own keys
+                continue
+            if not value:  # a block: its keys follow, indented
+                parents.append((indent, key))
+                continue
+            name = prefix + ".".join([k for _, k in parents] + [key])
+            text = f"  {name}={value.strip(chr(34))}"
+            text = f"{text:<42} {comment}" if comment else text
+            lines.append(text if len(text) <= width else text[: width - 3] + "...")
+    return "\n".join(lines)
+
+
 HELP = """dlrun: train and compare models declared in YAML (Hydra config groups).
 
 Usage:  dlrun [group=option ...] [key=value ...]
@@ -46,6 +72,9 @@ Usage:  dlrun [group=option ...] [key=value ...]
 
 == Config groups (group=option) ==
 {groups}
+
+== Settings (key=default; a group's own keys: dlrun GROUP=OPTION --cfg job) ==
+{settings}
 
 == Examples ==
   dlrun                                  the default: an MLP on the bundled digits
@@ -127,7 +156,8 @@ def main() -> None:
         # Our own help: Hydra's lists every option of every group by composing each one, which
         # takes seconds; this reads the folder names and returns at once.
         try:
-            print(HELP.format(groups=config_groups(find_config_dir())))
+            folder = find_config_dir()
+            print(HELP.format(groups=config_groups(folder), settings=settings(folder)))
             sys.stdout.flush()
         except BrokenPipeError:  # dlrun --help | head -1
             from dlrun.errors import stdout_closed

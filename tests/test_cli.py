@@ -113,6 +113,18 @@ def test_help_lists_the_config_groups(tmp_path):
         "sched": "none",
         "trainer": "default",
     }
+    # the settings with their defaults, read from the YAML files (what Hydra would compose)
+    from conftest import make_cfg
+
+    cfg = make_cfg()
+    shown = dict(re.findall(r"^  ([a-z_.]+)=(\S+)", result.stdout, re.M))
+    assert shown["seed"] == str(cfg.seed) and shown["task_name"] == cfg.task_name
+    for key in ("max_epochs", "batch_size", "early_stopping.patience", "workers"):
+        value = eval(f"cfg.trainer.{key}")  # noqa: S307 (a dotted name of our own config)
+        assert shown[f"trainer.{key}"] == str(value), key
+    assert shown["trainer.clip.max_norm"] == "null" and shown["trainer.precision"] == "32"
+    section = result.stdout.split("== Settings")[1].split("== Examples")[0]
+    assert all(len(line) <= 100 for line in section.splitlines())
 
 
 def test_installed_wheel_finds_its_configs(tmp_path):
