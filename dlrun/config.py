@@ -151,6 +151,9 @@ class TrainerConfig:
     # host memory), auto (stream only when the split would take over half the free GPU memory)
     data_placement: str = setting("auto", choices=("auto", "device", "stream"))
     workers: int = setting(2, lo=0)  # DataLoader worker processes when streaming
+    # A network on a table: how much the validation score drops when one feature's values are
+    # shuffled (scikit-learn's permutation_importance, 5 repeats), drawn after training
+    permutation_importance: bool = False
     seed: int = setting(II("seed"), **SEED)  # weights, dropout and batch order
     # Transfer learning (dlrun.params): parameters to freeze (name patterns, or body: all but
     # the head), whether frozen batch norms keep their statistics (eval) or update them

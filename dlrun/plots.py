@@ -178,7 +178,7 @@ def plot_regression(y_true: np.ndarray, outputs: np.ndarray, name: str):
 TOP_FEATURES = 20  # the bars of feature_importance.png (the csv lists every feature)
 
 
-def save_importance(run_dir: Path, importance, spec, names) -> None:
+def save_importance(run_dir: Path, importance, spec, names, how: str = "the model's own") -> None:
     """A tree model's feature importances (scikit-learn's / XGBoost's `feature_importances_`):
     feature_importance.csv (every feature, most important first) and feature_importance.png —
     the top features as bars for a table, a map over the pixels (or steps and features) for
@@ -197,10 +197,10 @@ def save_importance(run_dir: Path, importance, spec, names) -> None:
     writer.writerow(["feature", "importance"])
     writer.writerows([names[i], f"{importance[i]:.6g}"] for i in order)
     atomic_write(run_dir / "feature_importance.csv", lambda f: f.write(buffer.getvalue()), mode="w")
-    save(plot_importance(importance, list(names), spec), run_dir / "feature_importance.png")
+    save(plot_importance(importance, list(names), spec, how), run_dir / "feature_importance.png")
 
 
-def plot_importance(importance: np.ndarray, names: list[str], spec):
+def plot_importance(importance: np.ndarray, names: list[str], spec, how: str = "the model's own"):
     plt = _pyplot()
     shape = tuple(spec.shape)
     if spec.kind in ("image", "sequence") and int(np.prod(shape)) == len(importance):
@@ -214,14 +214,17 @@ def plot_importance(importance: np.ndarray, names: list[str], spec):
         fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
         shown = ax.imshow(grid, cmap="viridis", aspect="auto" if spec.kind == "sequence" else None)
         fig.colorbar(shown, ax=ax, label="importance")
-        ax.set(xlabel=labels[0], ylabel=labels[1], title="feature importance (the model's own)")
+        ax.set(xlabel=labels[0], ylabel=labels[1], title=f"feature importance ({how})")
         return fig
     top = np.argsort(-importance, kind="stable")[:TOP_FEATURES][::-1]
     fig, ax = plt.subplots(figsize=(7, 1 + 0.3 * len(top)), constrained_layout=True)
     ax.barh(range(len(top)), importance[top], color="tab:blue")
     ax.set_yticks(range(len(top)), [names[i] for i in top], fontsize=8)
     more = f", top {len(top)} of {len(importance)}" if len(importance) > len(top) else ""
-    ax.set(xlabel="importance (the model's own)", title=f"feature importance{more}")
+    unit = {
+        "permutation": "validation score lost when the feature is shuffled",
+    }.get(how, f"importance ({how})")
+    ax.set(xlabel=unit, title=f"feature importance{more}")
     ax.grid(axis="x", alpha=0.3)
     return fig
 

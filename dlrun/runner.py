@@ -416,12 +416,34 @@ def prepare(conf, fitted=None) -> Prepared:
             f"{sum(data.split(s)[0].nbytes for s in SPLITS) / 1e9:.2f} GB in memory). Set "
             "data.load=memory, or train a network."
         )
+    check_permutation(conf, data, entry, lazy)
     splits = {
         name: (x if lazy else adapt(x, data.spec, takes), y)
         for name in SPLITS
         for x, y in [data.split(name)]
     }
     return Prepared(data, entry, spec, splits, device, takes)
+
+
+def check_permutation(conf, data, entry, lazy: bool) -> None:
+    """trainer.permutation_importance is for a supervised network on a table in memory; said
+    before training, not after it."""
+    if not conf.trainer.permutation_importance:
+        return
+    why = None
+    if entry.family != "torch":
+        why = f"{entry.name} draws its own feature importances (feature_importance.png)"
+    elif entry.objective != "supervised":
+        why = f"{entry.name} learns without labels, so it has no score to lose"
+    elif data.spec.kind != "tabular":
+        why = f"{data.spec.name} is {data.spec.kind} data, not a table of features"
+    elif lazy:
+        why = f"{data.spec.name} is read from disk a batch at a time (data.load=stream)"
+    if why:
+        raise ConfigError(
+            "trainer.permutation_importance: shuffling features measures a network trained on "
+            f"a table in memory; {why}. Set it to false."
+        )
 
 
 def start_from(conf, prep: Prepared) -> Prepared:
@@ -655,8 +677,59 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         )
     # the best checkpoint is loaded: score it with the objective's own evaluation
     scores, inputs = score(prep, model, objective, conf)
-    pictures = objective.pictures(model, inputs["test"], prep)
+    drawn = objective.pictures(model, inputs["test"], prep)
+    importance = (
+        permutation_importance(prep, model, conf) if conf.trainer.permutation_importance else None
+    )
+
+    def pictures(run_dir: Path):
+        if importance is not None:
+            from dlrun import plots
+
+            data = prep.data
+            plots.save_importance(run_dir, importance, data.spec, data.feature_names, "permutation")
+        return drawn(run_dir)
+
     return Fitted(result, scores, params, pictures, untrained)
+
+
+PERMUTATION_REPEATS = 5  # shuffles of each feature (scikit-learn's n_repeats)
+
+
+def permutation_importance(prep, model, conf):
+    """Each feature's importance to a trained network on a table: how much its validation
+    accuracy (or rmse) worsens when that feature's values are shuffled among the samples,
+    averaged over PERMUTATION_REPEATS seeded shuffles (scikit-learn's permutation_importance)."""
+    import numpy as np
+    import torch
+    from sklearn.inspection import permutation_importance as permuted
+
+    from dlrun.metrics import compute_metrics
+    from dlrun.training import predict
+
+    task = prep.spec.task
+    x, y = prep.splits["val"]
+
+    class Network:  # what scikit-learn calls: fit (never used) and a scorer over numpy rows
+        def fit(self, *_):
+            return self
+
+    def scorer(_, rows, targets) -> float:
+        rows = torch.as_tensor(np.ascontiguousarray(rows, dtype=np.float32), device=prep.device)
+        outputs = predict(model, rows, task, conf.trainer.precision)
+        metrics = compute_metrics(task, targets, outputs)
+        return metrics["accuracy"] if task == "classification" else -metrics["rmse"]
+
+    log.info(
+        "permutation importance: %d features x %d shuffles on %d validation samples",
+        x.shape[1],
+        PERMUTATION_REPEATS,
+        len(x),
+    )
+    found = permuted(
+        Network(), x, y, scoring=scorer, n_repeats=PERMUTATION_REPEATS, random_state=conf.seed
+    )
+    return found.importances_mean
 
 
 def score(prep, model, objective, conf) -> tuple[dict, dict]:

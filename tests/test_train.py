@@ -510,3 +510,28 @@ def test_a_slow_moment_without_items_is_named_with_its_time(monkeypatch, caplog)
         with report.busy("reading houses.csv"):
             pass
     assert re.search(r"reading houses.csv: \d+\.\d s", caplog.text)
+
+
+def test_permutation_importance_finds_the_feature_a_network_uses(tmp_path):
+    import csv
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 600
+    table = pd.DataFrame({"signal": rng.normal(size=n), "noise": rng.normal(size=n)})
+    table["label"] = np.where(table["signal"] > 0, "up", "down")
+    path = tmp_path / "t.csv"
+    table.to_csv(path, index=False)
+    args = ("data=csv", f"data.path={path}", "data.target=label", "trainer.max_epochs=15")
+    summary, run_dir = train(tmp_path, *args, "trainer.permutation_importance=true")
+    assert summary["val"]["accuracy"] > 0.9
+    with (run_dir / "feature_importance.csv").open() as f:
+        found = {r["feature"]: float(r["importance"]) for r in csv.DictReader(f)}
+    assert found["signal"] > 0.3  # shuffled, the label is a coin toss: accuracy falls by ~0.45
+    assert abs(found["noise"]) < 0.05
+    # refused before training where shuffling features means nothing
+    with pytest.raises(ConfigError) as refused:
+        train(tmp_path, "model=lenet5", "trainer.permutation_importance=true", name="image")
+    assert "digits is image data, not a table of features" in str(refused.value)
+    assert not (tmp_path / "image").exists()
