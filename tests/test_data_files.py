@@ -249,7 +249,7 @@ def write_image_folder(root: Path) -> None:
 def test_image_folder_loads_resizes_and_names_the_classes(tmp_path, caplog):
     root = tmp_path / "pets"
     write_image_folder(root)
-    with caplog.at_level("INFO", logger="dlrun"):
+    with caplog.at_level("DEBUG", logger="dlrun"):  # (a read under a second logs at DEBUG)
         raw = load("data=image_folder", f"data.root={root}", "data.image_size=16")
     assert f"reading images from {root}: 12 in" in caplog.text  # and a bar while it reads
     assert raw.x.shape == (12, 3, 16, 16) and raw.x.dtype == np.uint8 and raw.pixel_max == 255
