@@ -238,13 +238,19 @@ def main_recipe(argv: list[str] | None = None) -> None:
     folder = recipe_dir()
     names = sorted(p.stem for p in folder.glob("*.yaml"))
     if not args or args[0] in ("-h", "--help", "--list"):
-        print(
+        usage = (
             "usage: dlrun-recipe NAME [key=value ...]   (runs the recipe; its runs go to outputs/)"
         )
-        print("recipes:")
-        for name in names:
-            title = (folder / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
-            print(f"  {name:<28} {title}")
+        try:
+            print(usage + "\nrecipes:")
+            for name in names:
+                title = (folder / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+                print(f"  {name:<28} {title}")
+            sys.stdout.flush()
+        except BrokenPipeError:  # dlrun-recipe | head -3
+            from dlrun.errors import stdout_closed
+
+            stdout_closed()
         sys.exit(0 if args else 2)
     name, extra = args[0], args[1:]
     if name not in names:

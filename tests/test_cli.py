@@ -241,3 +241,12 @@ def test_a_recipe_runs_by_name_from_any_directory(tmp_path):
     assert wrong.returncode == 2 and "Did you mean 'lenet5_digits'?" in wrong.stderr
     listed = cli(cwd=tmp_path, tool="dlrun-recipe")
     assert listed.returncode == 2 and "  related_task_digits " in listed.stdout
+    from conftest import BIN
+
+    piped = subprocess.run(  # the reader goes away early: no traceback
+        ["sh", "-c", f"'{BIN / 'dlrun-recipe'}' --list | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.stdout.startswith("usage: dlrun-recipe") and "Traceback" not in piped.stderr
