@@ -221,9 +221,11 @@ def plot_importance(importance: np.ndarray, names: list[str], spec, how: str = "
     ax.barh(range(len(top)), importance[top], color="tab:blue")
     ax.set_yticks(range(len(top)), [names[i] for i in top], fontsize=8)
     more = f", top {len(top)} of {len(importance)}" if len(importance) > len(top) else ""
-    unit = {
-        "permutation": "validation score lost when the feature is shuffled",
-    }.get(how, f"importance ({how})")
+    unit = (
+        "validation score lost when the feature is shuffled"
+        if how == "permutation"
+        else f"importance ({how})"
+    )
     ax.set(xlabel=unit, title=f"feature importance{more}")
     ax.grid(axis="x", alpha=0.3)
     return fig

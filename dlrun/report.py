@@ -87,7 +87,7 @@ STEP_BAR_REFRESH = 4  # redraws a second (rich's default, 10, wakes a thread 10 
 
 
 @contextlib.contextmanager
-def epoch_progress(max_epochs: int, monitor: str, phases: list[str] | None = None):
+def epoch_progress(max_epochs: int, monitor: str):
     """A rich progress bar over epochs, and inside an epoch that takes more than a second a bar
     of its steps (steps done, samples/s, the running training loss). Yields the callback the
     training loop calls per epoch; its `step` attribute is the one it calls between steps."""

@@ -65,7 +65,7 @@ def run(cfg: DictConfig, run_dir: Path | str) -> dict:
             check_unchanged(run_dir, prep, conf)
         return train_and_record(cfg, conf, prep, run_dir, resume, main, started)
     except BaseException:
-        scratch.close()
+        scratch.close()  # first: a folder holding only scratch/ is still unused
         folders.discard_if_unused(given)  # a folder that holds nothing of the run's own
         raise
     finally:
@@ -677,20 +677,23 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         )
     # the best checkpoint is loaded: score it with the objective's own evaluation
     scores, inputs = score(prep, model, objective, conf)
-    drawn = objective.pictures(model, inputs["test"], prep)
-    importance = (
-        permutation_importance(prep, model, conf) if conf.trainer.permutation_importance else None
-    )
-
-    def pictures(run_dir: Path):
-        if importance is not None:
-            from dlrun import plots
-
-            data = prep.data
-            plots.save_importance(run_dir, importance, data.spec, data.feature_names, "permutation")
-        return drawn(run_dir)
-
+    pictures = objective.pictures(model, inputs["test"], prep)
+    if conf.trainer.permutation_importance:
+        importance = permutation_importance(prep, model, conf)
+        pictures = with_importance(pictures, importance, prep.data, "permutation")
     return Fitted(result, scores, params, pictures, untrained)
+
+
+def with_importance(pictures, importance, data, how: str = "the model's own"):
+    """`pictures` that also draw the feature importances (dlrun.plots.save_importance)."""
+
+    def drawn(run_dir: Path):
+        from dlrun import plots
+
+        plots.save_importance(run_dir, importance, data.spec, data.feature_names, how)
+        return pictures(run_dir)
+
+    return drawn
 
 
 PERMUTATION_REPEATS = 5  # shuffles of each feature (scikit-learn's n_repeats)
@@ -780,17 +783,10 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     rounds = f" ({result.epochs_run} rounds)" if result.epochs_run > 1 else ""
     log.info("%s fitted in %.2f s%s; saved %s", entry.name, result.train_time_s, rounds, path.name)
     scores, outputs = score(prep, estimator, None, conf)
-    predictions = confusion_pictures(spec, splits["test"][1], outputs["test"])
+    pictures = confusion_pictures(spec, splits["test"][1], outputs["test"])
     importance = getattr(estimator.model, "feature_importances_", None)
-    data = prep.data
-
-    def pictures(run_dir: Path) -> dict:
-        from dlrun import plots
-
-        if importance is not None:
-            plots.save_importance(run_dir, importance, data.spec, data.feature_names)
-        return predictions(run_dir)
-
+    if importance is not None:
+        pictures = with_importance(pictures, importance, prep.data)
     return Fitted(result, scores, estimator.size(), pictures)
 
 

@@ -150,12 +150,13 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     if ok:
         from dlrun import plots
 
-        _, _, cells = terminal_view(ok, columns, ranked)  # each job's own overrides
+        _, own_overrides = split_overrides(ok)
         names = [
-            f"{r['job']}: {c[1]}"[:40] if c[1] else r["job"] for r, c in zip(ok, cells, strict=True)
+            f"{r['job']}: {own}"[:40] if own else r["job"]
+            for r, own in zip(ok, own_overrides, strict=True)
         ]
         metric = ranked["metric"]
-        twin = f"test_{metric.removeprefix('val_')}"
+        twin = test_twin(metric)
         test = [r.get(twin) for r in ok] if metric.startswith("val_") and twin in columns else None
         figure = plots.plot_leaderboard(
             names, [r[metric] for r in ok], metric, test, ranked["mode"]
@@ -223,13 +224,25 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def split_overrides(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(the overrides every row has, each row's others as text)."""
+    tokens = [r["overrides"].split() for r in rows]
+    common = [t for t in tokens[0] if all(t in other for other in tokens)] if tokens else []
+    return common, [" ".join(t for t in own if t not in common) for own in tokens]
+
+
+def test_twin(metric: str) -> str:
+    """The test split's column of a validation metric (val_accuracy -> test_accuracy)."""
+    return f"test_{metric.removeprefix('val_')}"
+
+
 def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
     """The leaderboard as the terminal shows it, readable at 100 columns: (lines above it,
     columns, rows of text). Overrides every job shares are said once above; the ranking metric
-    and the same metric on the test split come first; columns empty in every row are left out; numbers keep 4
-    significant digits. leaderboard.csv/.md keep every column (the other test metrics too)."""
+    and the same metric on the test split come first; columns empty in every row are left out;
+    numbers keep 4 significant digits. leaderboard.csv/.md keep every column (the other test metrics too)."""
     tokens = [r["overrides"].split() for r in rows]
-    common = [t for t in tokens[0] if all(t in other for other in tokens)] if tokens else []
+    common, own_overrides = split_overrides(rows)
     above = [f"every job: {' '.join(common)}"] if common else []
     same, named = {}, set()
     for key in ("model", "data"):
@@ -240,7 +253,7 @@ def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
             same[key] = values.pop()
     if same:
         above.append(", ".join(f"{k}: {v}" for k, v in same.items()))
-    matching = f"test_{ranked['metric'].removeprefix('val_')}"
+    matching = test_twin(ranked["metric"])
     tests = [c for c in columns if c.startswith("test_")]
     first = ["job", "overrides", ranked["metric"], *[c for c in tests if c == matching]]
     # the other test metrics stay in the files: the terminal keeps its 100 columns
@@ -248,9 +261,9 @@ def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
     rest = [c for c in columns if c not in first and c not in left_out]
     order = first + rest
     text = []
-    for r, own in zip(rows, tokens, strict=True):
+    for r, own in zip(rows, own_overrides, strict=True):
         values = {c: _fmt(r.get(c)) for c in order}
-        values["overrides"] = " ".join(t for t in own if t not in common)
+        values["overrides"] = own
         text.append(values)
     shown = [c for c in order if c == "job" or any(v[c] for v in text)]
     if all(r["status"] == "ok" for r in rows):

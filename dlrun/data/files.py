@@ -736,7 +736,8 @@ class TableEncoder:
         train = np.zeros(len(source), dtype=bool)
         train[train_rows] = True
         counts = {c: pd.Series(dtype=np.int64) for c in self.categorical}
-        for start, part in source.parts(self.categorical, "the training rows' categories"):
+        parts = source.parts(self.categorical, "the training rows' categories")
+        for start, part in parts if self.categorical else []:  # numbers alone need no pass
             part = part[train[start : start + len(part)]]
             for c in self.categorical:
                 found = part[c].value_counts(dropna=True)

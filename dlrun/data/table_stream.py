@@ -52,15 +52,8 @@ class ParquetTable:
     def __len__(self) -> int:
         return self.n
 
-    @property
-    def nbytes(self) -> int:
-        """What the encoded rows take at least: a float32 per feature column."""
-        return self.n * 4 * (len(self.numeric) + len(self.categorical))
-
     def dataset(self):
-        import pyarrow.dataset
-
-        return pyarrow.dataset.dataset(self.path, format="parquet")
+        return parquet_dataset(self.path)
 
     def parts(self, columns: list[str] | None = None, what: str = ""):
         """(first row, the rows' feature columns as dlrun.data.files.feature_frame gives them)
@@ -97,7 +90,7 @@ def streamed_table(cfg) -> RawData | None:
 
     path, shown = checked_file(cfg.path, "parquet")
     with reading(shown, "parquet"):
-        dataset = ParquetTable(path, shown, [], [], 0).dataset()
+        dataset = parquet_dataset(path)
         nbytes = uncompressed_bytes(dataset)
     if not decide_load(cfg.load, nbytes, cfg.memory_gb):
         return None
@@ -179,7 +172,6 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
             present[c] += count
             others[c] += len(stray)
             distinct[c].update(dict.fromkeys(pd.unique(stray.to_numpy())))
-    give_back_memory()
     check_missing(None, cfg.missing, shown, counts=missing.items())
     summary = pd.DataFrame(  # each numeric column's extreme and, if it has one, an infinity
         {c: [extreme[c], np.inf if infinite[c] else np.nan] for c in numeric}, dtype=np.float64
@@ -193,6 +185,13 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
     return RawData(
         source, y, spec, fixed_split=fixed, encode=encode, feature_names=encode.feature_names
     )
+
+
+def parquet_dataset(path: Path):
+    """A Parquet file, or a folder of them, as pyarrow opens it (its metadata only)."""
+    import pyarrow.dataset
+
+    return pyarrow.dataset.dataset(path, format="parquet")
 
 
 def record_batches(dataset, columns: list[str]):

@@ -28,6 +28,7 @@ builds it for a run.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 
@@ -37,15 +38,16 @@ class Phase:
     module: str | None = None  # the sub-network it updates (a model attribute); None: all
 
 
-class Objective:
+class Objective(abc.ABC):
     """What every objective has; subclasses set `metrics` and write `loss` and `evaluate`."""
 
     phases: tuple[Phase, ...] = (Phase(),)
     metrics: tuple[str, ...] = ("loss",)
     grad_scale: float = 1.0
 
-    def loss(self, model, batch: dict, phase: str):  # (B,) per sample, on the device
-        raise NotImplementedError
+    @abc.abstractmethod
+    def loss(self, model, batch: dict, phase: str):
+        """Each sample's loss (B,), on the device."""
 
     def mean_loss(self, model, batch: dict, phase: str):
         return self.loss(model, batch, phase).mean()
@@ -55,11 +57,12 @@ class Objective:
         own per network, as a GAN does)."""
         return optim
 
-    def after_epoch(self, model, epoch: int, run_dir) -> None:
+    def after_epoch(self, model, epoch: int, run_dir) -> None:  # noqa: B027 (a hook to override)
         """Called once an epoch is committed (a GAN draws its samples of the epoch here)."""
 
+    @abc.abstractmethod
     def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
-        raise NotImplementedError
+        """The objective's metrics of `model` on the inputs `x` (and labels `y`)."""
 
     def pictures(self, model, x_test, prep):
         """What the objective draws after training (the best checkpoint is loaded), as a
