@@ -150,6 +150,18 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process so far
 
 
+# The floor under any PyTorch run's start on this machine, timed inside a bare Python process as
+# dlrun times its own (from the first import): `import torch`, and `import torch` to the end of
+# a first Adam step (torch.optim's step imports torch._dynamo, whatever trains).
+BARE_TORCH = {
+    "import_torch_s": "import time; t = time.perf_counter(); import torch; "
+    "print(time.perf_counter() - t)",
+    "bare_torch_first_step_s": "import time; t = time.perf_counter(); import torch; "
+    "net = torch.nn.Linear(64, 10); opt = torch.optim.Adam(net.parameters()); "
+    "net(torch.randn(32, 64)).sum().backward(); opt.step(); print(time.perf_counter() - t)",
+}
+
+
 def cli_times() -> dict[str, float]:
     """`dlrun --help`, and a whole default run of one epoch: start to exit, and start to its
     first training step, in seconds."""
@@ -168,10 +180,15 @@ def cli_times() -> dict[str, float]:
         )
         whole = time.perf_counter() - start
         summary = json.loads(Path(where, "run", "summary.json").read_text())
+    bare = {}
+    for name, code in BARE_TORCH.items():
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+        bare[name] = float(done.stdout.split()[-1])
     return {
         "help_s": statistics.median(helps),
         "one_epoch_run_s": whole,
         "start_to_first_step_s": summary["startup_s"],
+        **bare,
     }
 
 
@@ -378,6 +395,10 @@ def bench(argv: list[str] | None) -> None:
     print(
         f"dlrun --help {cli['help_s']:.2f} s; a 1-epoch default run {cli['one_epoch_run_s']:.1f} s "
         f"(from the start of the process to its first training step {cli['start_to_first_step_s']:.1f} s)"
+    )
+    print(
+        f"beside it, in a bare process: import torch {cli['import_torch_s']:.1f} s; import torch "
+        f"to the end of a first Adam step {cli['bare_torch_first_step_s']:.1f} s"
     )
     out = (
         Path(args.out)

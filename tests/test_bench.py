@@ -25,4 +25,8 @@ def test_bench_writes_every_case(tmp_path):
     for case in result["cases"]:
         assert case["dlrun_s_per_epoch"] > 0 and case["hand_s_per_epoch"] > 0 and case["ratio"] > 0
         assert "diagnostics_cost" in case
-    assert result["cli"]["help_s"] > 0
+    cli = result["cli"]
+    assert cli["help_s"] > 0
+    # the floor is measured beside dlrun's start: a bare first step includes the bare import
+    assert 0 < cli["import_torch_s"] < cli["bare_torch_first_step_s"]
+    assert cli["start_to_first_step_s"] > 0
