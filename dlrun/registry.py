@@ -82,6 +82,30 @@ def get_model(name: str) -> ModelEntry:
     return MODELS[name]
 
 
+def models_for(spec) -> list[str]:
+    """The registered models that can read `spec`'s data (dlrun.data.adapted_shape)."""
+    from dlrun.data import adapted_shape
+
+    names = []
+    for name, entry in sorted(MODELS.items()):
+        try:
+            adapted_shape(spec, entry.input_for(spec))
+        except ConfigError:
+            continue
+        names.append(name)
+    return names
+
+
+def pairing_refused(model: str, spec) -> ConfigError:
+    """model=`model` cannot read the data: the error names both and the models that can."""
+    entry = get_model(model)
+    shape = "x".join(map(str, spec.shape))
+    return ConfigError(
+        f"model={model} takes {entry.takes} input and cannot read data={spec.name} "
+        f"({spec.kind} data, shape {shape}). Models that read it: {', '.join(models_for(spec))}."
+    )
+
+
 def get_data(name: str) -> DataEntry:
     if name not in DATASETS:
         raise ConfigError(not_one_of("data.name", "a registered dataset", name, DATASETS))

@@ -387,7 +387,7 @@ def prepare(conf, fitted=None) -> Prepared:
     (a run's saved preprocessing) the data is prepared by it, as in that run's training."""
     from dlrun.data import SPLITS, adapt, build_data
     from dlrun.data.lazy import is_lazy
-    from dlrun.registry import get_model
+    from dlrun.registry import get_model, pairing_refused
     from dlrun.training import job_device, seed_everything
 
     seed_everything(conf.seed)
@@ -397,7 +397,10 @@ def prepare(conf, fitted=None) -> Prepared:
         settle(conf)
     data = build_data(conf.data, fitted)
     takes = entry.input_for(data.spec)
-    spec = data.spec.view(takes)  # a pairing that makes no sense stops here
+    try:
+        spec = data.spec.view(takes)
+    except ConfigError:  # a pairing that makes no sense stops here, naming both sides
+        raise pairing_refused(entry.name, data.spec) from None
     size = getattr(conf.model, "input_size", None)  # a model built for one image size
     if takes == "image" and size and spec.shape[1:] != (size, size):
         data = data.resized(size)

@@ -34,7 +34,8 @@ def dlrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         ),
         (
             ["model=lenet5", "data=wine"],
-            "a model that takes image input cannot read tabular data (shape 13)",
+            "model=lenet5 takes image input and cannot read data=wine (tabular data, shape 13). Models "
+            "that read it: autoencoder, gan, mlp, random_forest, vae, xgboost.",
         ),
         (
             ["trainer.device=cuda:3"],

@@ -250,11 +250,14 @@ def test_damaged_or_wrong_weights_files_get_clear_messages():
 
 @pytest.mark.parametrize(
     "data, kind",
-    [("iris", r"tabular data \(shape 4\)"), ("sines", "sequence data")],
+    [("iris", "tabular data, shape 4"), ("sines", "sequence data, shape 100x1")],
     ids=["iris", "sines"],
 )
 def test_tables_and_sequences_are_refused(tmp_path, data, kind):
-    with pytest.raises(ConfigError, match=rf"^a model that takes image input cannot read {kind}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^model=resnet18 takes image input and cannot read data={data} \({kind}",
+    ):
         train(tmp_path, "model=resnet18", "model.weights=null", f"data={data}")
 
 
