@@ -19,11 +19,13 @@ def find_config_dir() -> Path:
     )
 
 
-def config_groups(config_dir: Path) -> str:
-    """'group (default D): option, option' per line, for `dlrun --help` (the schemas stored
-    beside the options are not choices, so Hydra's own list is not used). The defaults come
-    from train.yaml's defaults list, read as text: no YAML parser to import."""
+def config_groups(config_dir: Path, width: int = 100) -> str:
+    """'group (default D): option, option' per group, for `dlrun --help` (the schemas stored
+    beside the options are not choices, so Hydra's own list is not used), wrapped at `width`
+    with the options indented. The defaults come from train.yaml's defaults list, read as text:
+    no YAML parser to import."""
     import re
+    import textwrap
 
     chosen = dict(
         re.findall(r"^\s*-\s*([a-z_]+):\s*([\w-]+)", (config_dir / "train.yaml").read_text(), re.M)
@@ -32,10 +34,9 @@ def config_groups(config_dir: Path) -> str:
     for group in sorted(p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra"):
         options = sorted(f.stem for f in group.glob("*.yaml"))
         default = chosen.get(group.name, "null")
-        lines.append(
-            f"{group.name} (default {'none' if default == 'null' else default}): "
-            f"{', '.join(options)}"
-        )
+        line = f"{group.name} (default {'none' if default == 'null' else default}): "
+        line += ", ".join(options)
+        lines += textwrap.wrap(line, width, subsequent_indent="    ", break_on_hyphens=False)
     return "\n".join(lines)
 
 
