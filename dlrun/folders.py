@@ -399,6 +399,9 @@ def _refusing():
         raise Refused(ex) from None
 
 
+_WATCHES: dict = {}  # sweep folder -> its dlrun.sweep.Watch, while submitit runs the jobs
+
+
 class RunFolders(Callback):
     """Hydra callback: claim the run or sweep folder before Hydra writes anything in it, and
     write a sweep's leaderboard when it ends (dlrun.sweep.report)."""
@@ -415,12 +418,21 @@ class RunFolders(Callback):
         with _refusing():
             check_task_name(config.task_name)
             check_launcher(config.hydra)
-            claim_sweep(Path(str(config.hydra.sweep.dir)), planned_jobs(config))
+            planned = planned_jobs(config)
+            claim_sweep(Path(str(config.hydra.sweep.dir)), planned)
+        if "submitit" in str(config.hydra.launcher.get("_target_", "")):
+            from dlrun.sweep import Watch  # its jobs' lines go to files: say how far they are
+
+            sweep_dir = _key(Path(str(config.hydra.sweep.dir)))  # kept outside the callback,
+            _WATCHES[sweep_dir] = Watch(sweep_dir, planned).start()  # which submitit pickles
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         from dlrun import sweep
 
         sweep_dir = _key(Path(str(config.hydra.sweep.dir)))
+        watch = _WATCHES.pop(sweep_dir, None)
+        if watch is not None:
+            watch.stop()
         if sweep_dir not in _HELD:  # not ours: never touch another sweep's folder
             return
         finish_sweep(sweep_dir)

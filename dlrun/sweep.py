@@ -119,6 +119,87 @@ def best_so_far(sweep_dir: Path) -> str:
     return f"{best[1]} {_fmt(float(best[0]))} (job {best[2]})"
 
 
+def progress_line(sweep_dir: Path, planned: int | None) -> tuple[tuple, str]:
+    """Where a sweep's jobs stand, read from their folders: (what changed is compared on,
+    "2 of 6 jobs finished (1 failed); running: job 3 epoch 4/30, job 4 starting; best so far:
+    ...")."""
+    import yaml as _yaml
+
+    finished, failed, running = 0, 0, []
+    for job in job_dirs(Path(sweep_dir)):
+        try:
+            status = json.loads((job / "summary.json").read_text()).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status not in (None, "running"):
+            finished += 1
+            failed += status != "completed"
+            continue
+        try:
+            last = (job / "metrics.jsonl").read_text().strip().splitlines()[-1]
+            epoch = json.loads(last).get("epoch")
+        except (OSError, ValueError, IndexError):
+            epoch = None
+        if epoch is None:
+            running.append((job.name, "starting"))
+            continue
+        try:
+            config = _yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+            of = f"/{config['trainer']['max_epochs']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            of = ""
+        running.append((job.name, f"epoch {epoch}{of}"))
+    total = f" of {planned}" if planned else ""
+    line = f"{finished}{total} jobs finished" + (f" ({failed} failed)" if failed else "")
+    if running:
+        shown = ", ".join(f"job {name} {where}" for name, where in running[:4])
+        more = f" and {len(running) - 4} more" if len(running) > 4 else ""
+        line += f"; running: {shown}{more}"
+    best = best_so_far(sweep_dir)
+    if best:
+        line += f"; best so far: {best}"
+    return (finished, failed, tuple(running)), line
+
+
+class Watch:
+    """While a launcher runs the jobs where their output cannot be seen (submitit writes it to
+    files), a line on how far the sweep is: at once when a job finishes, otherwise when a
+    running job moved on and `every` seconds passed since the last line."""
+
+    def __init__(self, sweep_dir: Path, planned: int | None, every: float = 15.0):
+        import threading
+
+        self.sweep_dir, self.planned, self.every = Path(sweep_dir), planned, every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="dlrun-sweep-watch", daemon=True)
+        self.last: tuple = (0, 0, ())
+
+    def start(self) -> Watch:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        import logging
+        import time
+
+        log = logging.getLogger("dlrun")
+        said = time.monotonic()
+        while not self.stopped.wait(1.0):
+            try:
+                state, line = progress_line(self.sweep_dir, self.planned)
+            except OSError:  # the folder went away: nothing more to tell
+                return
+            moved = state != self.last
+            done_changed = state[:2] != self.last[:2]
+            if done_changed or (moved and time.monotonic() - said >= self.every):
+                log.info("sweep: %s", line)
+                self.last, said = state, time.monotonic()
+
+
 def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     """Build and write the leaderboard of `sweep_dir`; return its rows, best first."""
     from dlrun.checkpoints import atomic_write

@@ -98,9 +98,7 @@ def test_help_lists_the_config_groups(tmp_path):
     result = dlrun("--help", cwd=tmp_path)
     assert result.returncode == 0
     # each group's options, wrapped onto indented lines at 100 columns
-    listed = re.findall(
-        r"^([a-z_]+) \(default ([\w-]+)\): (.*(?:\n    .*)*)$", result.stdout, re.M
-    )
+    listed = re.findall(r"^([a-z_]+) \(default ([\w-]+)\): (.*(?:\n    .*)*)$", result.stdout, re.M)
     groups = {group: " ".join(options.split()) for group, _, options in listed}
     defaults = {group: default for group, default, _ in listed}
     for group in ("model", "optim", "sched", "data"):

@@ -112,6 +112,9 @@ def test_parallel_launchers_run_a_sweep(tmp_path, launcher):
         said = " ".join((result.stdout + result.stderr).split())
         assert "[job 1] job 1 of 2: model=mlp" in said and "[job 2] job 2 of 2: model=gru" in said
         assert "[job 2] epoch 1/2" in said
+    else:  # the jobs' lines go to files: the sweep says how far they are
+        said = " ".join((result.stdout + result.stderr).split())
+        assert "sweep: 2 of 2 jobs finished; best so far: val_loss" in said
     assert all(r["status"] == "ok" and math.isfinite(float(r["test_accuracy"])) for r in rows)
 
 
@@ -162,3 +165,31 @@ def test_the_terminal_leaderboard_fits_and_families_are_ranked_by_accuracy():
     same = [row("0", "mlp", 0.2, 0.9, 0.9), row("1", "mlp", 0.1, 0.8, 0.8)]
     same[1]["model"] = "lenet5"
     assert ranking(same, same[0]["_monitor"]) == (same[0]["_monitor"], "")
+
+
+def test_a_sweeps_progress_is_read_from_its_job_folders(tmp_path):
+    from dlrun.sweep import progress_line
+
+    def job(name, *, status=None, epochs=0, max_epochs=30, best=None):
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- seed={name}\n")
+        (folder / ".hydra" / "config.yaml").write_text(f"trainer:\n  max_epochs: {max_epochs}\n")
+        lines = [json.dumps({"epoch": e, "val_loss": 1.0 / e}) for e in range(1, epochs + 1)]
+        (folder / "metrics.jsonl").write_text("".join(f"{line}\n" for line in lines))
+        if status is not None:
+            monitor = {"metric": "val_loss", "mode": "min", "best": best}
+            (folder / "summary.json").write_text(json.dumps({"status": status, "monitor": monitor}))
+
+    job("0", status="completed", epochs=30, best=0.25)
+    job("1", status="failed")
+    job("2", status="running", epochs=4)  # a run's summary says running while it trains
+    job("3")  # its folder is there, no epoch yet
+    job("4", status="completed", epochs=30, best=0.125)
+    state, line = progress_line(tmp_path, 6)
+    assert line == (
+        "3 of 6 jobs finished (1 failed); running: job 2 epoch 4/30, job 3 starting; "
+        "best so far: val_loss 0.125 (job 4)"
+    )
+    assert state == (3, 1, (("2", "epoch 4/30"), ("3", "starting")))
+    assert progress_line(tmp_path, None)[1].startswith("3 jobs finished (1 failed); running:")
