@@ -75,6 +75,33 @@ class ModelConfig:
 
 
 @dataclass
+class CVConfig:
+    """Cross-validation (dlrun.crossval): the non-test rows in `folds` folds, `repeats` times
+    with new folds; each fold trains once on the others and is scored as its validation part."""
+
+    folds: Optional[int] = setting(None, lo=2)  # null: one split, no cross-validation
+    repeats: int = setting(1, lo=1)  # new seeded folds each repeat (5x2 = folds 2, repeats 5)
+    refit: bool = True  # then the model of one split (train / val), scored on the test split
+    # which fold a fold's own run trains (0 .. folds x repeats - 1), set by the run that
+    # cross-validates; null: every fold (a run of its own: data.cv.fold=3 trains that one)
+    fold: Optional[int] = setting(None, lo=0)
+
+    def problems(self) -> list[str]:
+        if self.folds is None:
+            if self.fold is not None or self.repeats != 1:
+                key = "data.cv.fold" if self.fold is not None else "data.cv.repeats"
+                return [f"{key} needs data.cv.folds (the number of folds, at least 2)."]
+            return []
+        total = self.folds * self.repeats
+        if self.fold is not None and self.fold >= total:
+            return [
+                f"data.cv.fold must be below data.cv.folds x data.cv.repeats ({total}). "
+                f"Got {self.fold}."
+            ]
+        return []
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     test_split: float = setting(0.2, lo=0, hi=1, lo_open=True, hi_open=True)
@@ -90,6 +117,7 @@ class DataConfig:
     task: Optional[str] = setting(
         None, choices=("classification", "regression")
     )  # null: the data's
+    cv: CVConfig = field(default_factory=CVConfig)
 
 
 @dataclass

@@ -23,12 +23,17 @@ from dlrun.validate import validate
 log = logging.getLogger("dlrun")
 
 
-def run(cfg: DictConfig, run_dir: Path | str) -> dict:
+def run(cfg: DictConfig, run_dir: Path | str, part: str | None = None) -> dict:
     """Train and evaluate the experiment `cfg` describes; write its run folder; return the
-    summary (what `summary.json` holds)."""
+    summary (what `summary.json` holds). With data.cv.folds, the run cross-validates
+    (dlrun.crossval), which runs each fold and the refit through here as `part`."""
     started = time.perf_counter()
     load_catalog()
     conf = validate(cfg)  # every problem at once, before any work
+    if part is None and conf.data.cv.folds is not None and conf.data.cv.fold is None:
+        from dlrun.crossval import cross_validate
+
+        return cross_validate(cfg, conf, Path(run_dir))
     from dlrun import distributed, folders
 
     distributed.setup(distributed_device_type(conf))
@@ -170,6 +175,7 @@ def make_summary(conf, prep, fitted, run_dir: Path, started: float) -> dict:
         "val": scores["val"],
         "test": scores["test"],
         "params": fitted.params,
+        "rows": prep.data.sizes(),  # train, val and test samples
         "wall_time_s": time.perf_counter() - started,
         "samples_per_s": result.samples_seen / result.train_time_s if result.train_time_s else 0.0,
         "device": str(prep.device),

@@ -202,6 +202,9 @@ def build_data(cfg, fitted=None) -> DataModule:
     if cfg.task is not None and cfg.task != raw.spec.task:
         raw = _with_task(raw, cfg.task)
     train, val, test = split_indices(raw, cfg)
+    cv = getattr(cfg, "cv", None)
+    if cv is not None and cv.folds is not None and cv.fold is not None:
+        train, val = cv_folds(raw, cfg, np.concatenate([train, val]))[cv.fold]
     raw, (train, val, test) = select_rows(raw, (train, val, test), cfg)
     if getattr(raw.x, "lazy", False):  # read from disk a batch at a time (dlrun.data.lazy)
         return lazy_data(raw, cfg, (train, val, test), fitted)
@@ -477,6 +480,34 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
         if len(part) == 0:
             raise UserError(f"data: the fixed split has no '{name}' rows.")
     return train, val, test
+
+
+def cv_folds(raw: RawData, cfg, rest: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """data.cv: the (training rows, validation rows) of every fold of the non-test rows `rest`,
+    repeat by repeat: scikit-learn's RepeatedStratifiedKFold for classes (RepeatedKFold for
+    targets), seeded with data.split_seed. They depend only on the data and the split settings,
+    never on the model, so every model of a sweep is scored on the same folds."""
+    from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
+
+    cv = cfg.cv
+    rest = np.sort(rest)
+    classes = raw.spec.task == "classification"
+    kind = RepeatedStratifiedKFold if classes else RepeatedKFold
+    splitter = kind(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cfg.split_seed)
+    y = np.asarray(raw.y)[rest]
+    if classes:
+        _, counts = np.unique(y, return_counts=True)
+        if counts.min() < cv.folds:
+            raise UserError(
+                f"data.cv.folds={cv.folds}: the smallest class has {counts.min()} of the "
+                f"{len(rest)} rows outside the test split, fewer than the folds; each fold "
+                f"needs one of every class. Use at most data.cv.folds={max(counts.min(), 2)}."
+            )
+    elif len(rest) < 2 * cv.folds:
+        raise UserError(
+            f"data.cv.folds={cv.folds}: {len(rest)} rows outside the test split are too few."
+        )
+    return [(rest[tr], rest[va]) for tr, va in splitter.split(rest, y if classes else None)]
 
 
 def select_rows(raw: RawData, parts: tuple, cfg) -> tuple[RawData, tuple]:

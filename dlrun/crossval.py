@@ -1,0 +1,233 @@
+"""Cross-validation (`data.cv.folds=K`, `data.cv.repeats=R`): one run, K x R models.
+
+The rows outside the test split are cut into K folds (dlrun.data.cv_folds: stratified for
+classes, seeded, the same for every model), R times. Each fold is a run of its own in
+`folds/<n>/` of the run folder: trained on the other folds, its fold as the validation part
+(scores, early stopping, best checkpoint), with everything a run writes. Then, with
+`data.cv.refit` (the default), the run folder itself holds the model of the one split without
+cross-validation, scored once on the test split: what `dlrun-eval`, `dlrun-predict` and
+`dlrun-export` use. `summary.json` gains `cv`: each validation metric's mean, standard
+deviation and per-fold values, and `cv_setup`.
+
+A stopped run continues with `trainer.resume=RUN_DIR`: finished folds are kept, the fold that
+was training continues from its last epoch, and the folds after it and the refit follow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import signal
+import statistics
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from dlrun.errors import Interrupted, UserError
+
+log = logging.getLogger("dlrun")
+FOLDS = "folds"
+
+
+def cross_validate(cfg, conf, run_dir: Path) -> dict:
+    """Every fold's run, then the refit (or a summary of the folds alone); returns the run's
+    summary, with `cv`."""
+    from dlrun import folders
+    from dlrun.checkpoints import write_json
+
+    started = time.perf_counter()
+    cv = conf.data.cv
+    total = cv.folds * cv.repeats
+    resuming = conf.trainer.resume is not None
+    run_dir = cv_run_dir(conf.trainer.resume, conf.task_name) if resuming else Path(run_dir)
+    if resuming:
+        folders.hold_run(run_dir)
+        done = read_summary(run_dir)
+        if done.get("status") == "completed" and "cv" in done:
+            raise UserError(
+                f"trainer.resume: {run_dir} finished its cross-validation; there is nothing "
+                "to continue. Start a new run to train again."
+            )
+    else:
+        folders.claim_run(run_dir)
+    try:
+        summaries = []
+        for index in range(total):
+            try:
+                summaries.append(run_fold(cfg, run_dir, index, cv))
+            except Interrupted as ex:  # the whole run continues from here, not the fold alone
+                raise Interrupted(
+                    f"{str(ex).split(';')[0]} in fold run {index + 1} of {total}; "
+                    f"the finished folds are kept: continue with trainer.resume={run_dir}",
+                    signal.Signals[ex.signal],
+                ) from None
+        scores = fold_scores(summaries, cv, conf.data.split_seed)
+        log.info("cross-validation, %s", describe(scores, conf))
+        if cv.refit:
+            refit = fold_cfg(cfg, None, resume=resumable(run_dir))
+            from dlrun.runner import run
+
+            summary = run(refit, run_dir, part="refit")
+        else:
+            summary = folds_only_summary(conf, summaries, scores, run_dir, started)
+        summary.update(scores)
+        write_json(run_dir / "summary.json", summary)
+        print_cv(summary)
+        return summary
+    except BaseException:
+        folders.discard_if_unused(run_dir)  # stopped before any fold's run kept anything
+        raise
+    finally:
+        folders.release(run_dir)
+
+
+def cv_run_dir(resume: str, task_name: str) -> Path:
+    """The cross-validated run that trainer.resume names: its folder, or the folder of one of
+    its folds or checkpoints; auto: the task's latest."""
+    path = Path(resume)
+    if resume == "auto":
+        from dlrun.runner import find_checkpoint
+
+        path = find_checkpoint(resume, task_name).parent.parent
+    if path.is_file():
+        path = path.parent.parent  # checkpoints/last.pt -> its run
+    path = path.absolute()
+    if (path / FOLDS).is_dir():
+        return path
+    if path.parent.name == FOLDS:  # one of its folds
+        return path.parent.parent
+    raise UserError(
+        f"trainer.resume: {resume} is not a cross-validated run (it has no {FOLDS}/ folder). "
+        "Resume a run of data.cv.folds in its own folder."
+    )
+
+
+def run_fold(cfg, run_dir: Path, index: int, cv) -> dict:
+    """Fold `index`'s run in folds/<index + 1>: kept when it finished, continued from its last
+    epoch when it has one, else (again) from the start. Returns its summary."""
+    from dlrun.runner import run
+
+    where = run_dir / FOLDS / str(index + 1)
+    summary = read_summary(where)
+    repeat, fold = divmod(index, cv.folds)
+    said = f"fold {fold + 1} of {cv.folds}" + (
+        f", repeat {repeat + 1} of {cv.repeats}" if cv.repeats > 1 else ""
+    )
+    if summary.get("status") == "completed":
+        log.info("%s: finished before, kept (%s)", said, where)
+        return summary
+    resume = resumable(where)
+    if resume is None and where.exists():  # stopped before its first epoch: nothing to keep
+        shutil.rmtree(where)
+    log.info("%s (run %d of %d): %s", said, index + 1, cv.folds * cv.repeats, where)
+    return run(fold_cfg(cfg, index, resume), where, part="fold")
+
+
+def resumable(run_dir: Path) -> str | None:
+    return str(run_dir) if (run_dir / "checkpoints" / "last.pt").is_file() else None
+
+
+def read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def fold_cfg(cfg, index: int | None, resume: str | None):
+    """The run's config for fold `index` (None: the refit), resumed from `resume` if given."""
+    sub = copy.deepcopy(cfg)
+    OmegaConf.update(sub, "data.cv.fold", index)
+    OmegaConf.update(sub, "trainer.resume", resume)
+    return sub
+
+
+def fold_scores(summaries: list[dict], cv, split_seed: int) -> dict:
+    """summary.json's `cv` (each validation metric: mean, standard deviation over the folds
+    with n - 1, per-fold values in fold order) and `cv_setup` (what makes two runs' folds the
+    same, and the rows of a fold, for the corrected resampled t-test)."""
+    metrics = {}
+    for name in summaries[0]["val"]:
+        values = [float(s["val"][name]) for s in summaries]
+        metrics[name] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "folds": values,
+        }
+    setup = {
+        "folds": cv.folds,
+        "repeats": cv.repeats,
+        "split_seed": split_seed,
+        "train_rows": summaries[0].get("rows", {}).get("train"),
+        "val_rows": summaries[0].get("rows", {}).get("val"),
+    }
+    return {"cv": metrics, "cv_setup": setup}
+
+
+def describe(scores: dict, conf) -> str:
+    """'5 folds x 2: val accuracy 0.9612 ± 0.0123, loss ...' for the log."""
+    from dlrun.report import number
+
+    setup = scores["cv_setup"]
+    runs = f"{setup['folds']} folds" + (f" x {setup['repeats']}" if setup["repeats"] > 1 else "")
+    shown = ", ".join(
+        f"{name} {number(m['mean'])} ± {number(m['std'])}" for name, m in scores["cv"].items()
+    )
+    return f"{runs}, validation: {shown}"
+
+
+def folds_only_summary(conf, summaries, scores, run_dir: Path, started: float) -> dict:
+    """summary.json of a run that cross-validated without a refit: no model of its own, no
+    test scores; the monitored metric is the mean over the folds."""
+    stopping = conf.trainer.early_stopping
+    name = stopping.monitor.removeprefix("val_")
+    first = summaries[0]
+    return {
+        "status": "completed",
+        "model": conf.model.name,
+        "data": conf.data.name,
+        "task": first["task"],
+        "objective": first["objective"],
+        "family": first["family"],
+        "monitor": {
+            "metric": stopping.monitor,
+            "mode": first["monitor"]["mode"],
+            "best": scores["cv"][name]["mean"],
+        },
+        "best_epoch": None,
+        "epochs_run": sum(s["epochs_run"] for s in summaries),
+        "stopped_early": False,
+        "val": {k: m["mean"] for k, m in scores["cv"].items()},
+        "test": {},
+        "params": first["params"],
+        "wall_time_s": time.perf_counter() - started,
+        "run_dir": str(run_dir),
+        "health": [],
+    }
+
+
+def print_cv(summary: dict) -> None:
+    """The folds' validation scores on the terminal: mean ± standard deviation, and the range."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dlrun.report import number
+
+    setup = summary["cv_setup"]
+    runs = f"{setup['folds']} folds" + (f" x {setup['repeats']}" if setup["repeats"] > 1 else "")
+    table = Table()
+    for column in ("metric", "mean ± std", "min", "max"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, m in summary["cv"].items():
+        table.add_row(
+            name,
+            f"{number(m['mean'])} ± {number(m['std'])}",
+            number(min(m["folds"])),
+            number(max(m["folds"])),
+        )
+    console = Console()
+    console.print(f"cross-validation ({runs}), on each fold's validation part:", style="bold")
+    console.print(table)

@@ -1,0 +1,171 @@
+"""Cross-validation (data.cv): the folds, one run per fold, the refit, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import make_cfg, read_metrics, train
+
+
+def rows_outside_test(*overrides: str) -> tuple[np.ndarray, object]:
+    """The rows a cross-validation cuts into folds, and the data they come from."""
+    from dlrun.catalog import load_catalog
+    from dlrun.data import split_indices
+    from dlrun.registry import get_data
+    from dlrun.validate import validate
+
+    load_catalog()
+    conf = validate(make_cfg(*overrides))
+    raw = get_data(conf.data.name).load(conf.data)
+    train_rows, val_rows, _ = split_indices(raw, conf.data)
+    return np.sort(np.concatenate([train_rows, val_rows])), raw
+
+
+def test_folds_are_stratified_seeded_and_the_same_for_every_model():
+    from dlrun.catalog import load_catalog
+    from dlrun.data import cv_folds
+    from dlrun.validate import validate
+
+    load_catalog()
+    args = ("data=wine", "data.cv.folds=5", "data.cv.repeats=2")
+    rest, raw = rows_outside_test(*args)
+    conf = validate(make_cfg(*args))
+    folds = cv_folds(raw, conf.data, rest)
+    assert len(folds) == 10
+    y = np.asarray(raw.y)
+    for repeat in (0, 1):
+        held = [val for _, val in folds[repeat * 5 : repeat * 5 + 5]]
+        # each repeat's validation parts cover the rows outside the test split once
+        assert sorted(np.concatenate(held).tolist()) == rest.tolist()
+        for train_rows, val in folds[repeat * 5 : repeat * 5 + 5]:
+            assert not set(train_rows) & set(val)
+            assert len(train_rows) + len(val) == len(rest)
+            # stratified: each class's share of a fold is its share of the rows, to one row
+            for c in np.unique(y):
+                assert abs((y[val] == c).sum() - (y[rest] == c).sum() / 5) < 1
+    assert not np.array_equal(folds[0][1], folds[5][1])  # a repeat draws new folds
+    # the folds depend on the data and the seed only: another model, the same folds
+    other = validate(make_cfg(*args, "model=random_forest"))
+    again = cv_folds(raw, other.data, rest)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    reseeded = validate(make_cfg(*args, "seed=7"))
+    assert not np.array_equal(cv_folds(raw, reseeded.data, rest)[0][1], folds[0][1])
+
+
+def test_random_forest_folds_score_as_scikit_learns_cross_validate(tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import RepeatedStratifiedKFold, cross_validate
+
+    args = (
+        "data=wine",
+        "data.normalize=false",
+        "model=random_forest",
+        "model.n_estimators=25",
+        "data.cv.folds=4",
+        "data.cv.repeats=2",
+    )
+    summary, run_dir = train(tmp_path, *args)
+    rest, raw = rows_outside_test(*args)
+    x = np.asarray(raw.x, dtype=np.float32)[rest]
+    y = np.asarray(raw.y)[rest]
+    forest = RandomForestClassifier(n_estimators=25, max_features="sqrt", random_state=42)
+    theirs = cross_validate(
+        forest, x, y, cv=RepeatedStratifiedKFold(n_splits=4, n_repeats=2, random_state=42)
+    )
+    assert summary["cv"]["accuracy"]["folds"] == theirs["test_score"].tolist()
+    assert summary["cv"]["accuracy"]["mean"] == pytest.approx(theirs["test_score"].mean())
+    assert summary["cv"]["accuracy"]["std"] == pytest.approx(theirs["test_score"].std(ddof=1))
+    assert summary["cv_setup"] == {
+        "folds": 4,
+        "repeats": 2,
+        "split_seed": 42,
+        "train_rows": len(rest) - len(rest) // 4 - (len(rest) % 4 > 0),
+        "val_rows": len(rest) // 4 + (len(rest) % 4 > 0),
+    }
+    # every fold is a run of its own; the refit is the run folder's model, scored on the test
+    for n in range(1, 9):
+        fold = json.loads((run_dir / "folds" / str(n) / "summary.json").read_text())
+        assert fold["status"] == "completed" and fold["rows"]["test"] == summary["rows"]["test"]
+    assert (run_dir / "checkpoints" / "model.skops").is_file()
+    assert summary["status"] == "completed" and 0.85 < summary["test"]["accuracy"] <= 1
+
+
+def test_without_refit_the_run_is_its_folds(tmp_path):
+    summary, run_dir = train(
+        tmp_path, "data=iris", "data.cv.folds=3", "data.cv.refit=false", "trainer.max_epochs=3"
+    )
+    assert summary["test"] == {} and not (run_dir / "checkpoints").exists()
+    assert summary["monitor"]["best"] == summary["cv"]["loss"]["mean"]
+    assert summary["val"]["accuracy"] == summary["cv"]["accuracy"]["mean"]
+    assert len(summary["cv"]["accuracy"]["folds"]) == 3
+
+
+@contextlib.contextmanager
+def sigint_at_epoch_record(monkeypatch, n: int):
+    """SIGINT once the n-th epoch of the process (over every run) is recorded."""
+    import dlrun.report
+
+    real, seen = dlrun.report.epoch_progress, [0]
+
+    @contextlib.contextmanager
+    def progress(max_epochs, monitor):
+        with real(max_epochs, monitor) as on_epoch:
+
+            def hook(record, improved):
+                on_epoch(record, improved)
+                seen[0] += 1
+                if seen[0] == n:
+                    signal.raise_signal(signal.SIGINT)
+
+            yield hook
+
+    monkeypatch.setattr(dlrun.report, "epoch_progress", progress)
+    yield
+    monkeypatch.setattr(dlrun.report, "epoch_progress", real)
+
+
+def test_a_run_stopped_inside_a_fold_resumes_exactly(tmp_path, monkeypatch):
+    from dlrun.errors import Interrupted
+
+    args = ("data=iris", "data.cv.folds=3", "trainer.max_epochs=4")
+    full, full_dir = train(tmp_path, *args, name="full")
+    # stopped in the second fold's run, after its 2nd epoch (the 6th of the process)
+    with sigint_at_epoch_record(monkeypatch, 6), pytest.raises(Interrupted) as stopped:
+        train(tmp_path, *args, name="cut")
+    cut = tmp_path / "cut"
+    assert str(stopped.value) == (
+        "interrupted by SIGINT after epoch 2 in fold run 2 of 3; the finished folds are kept: "
+        f"continue with trainer.resume={cut}"
+    )
+    assert not (cut / "folds" / "3").exists()
+    kept = (cut / "folds" / "1" / "metrics.jsonl").read_bytes()
+    resumed, _ = train(tmp_path, *args, f"trainer.resume={cut}", name="again")
+    assert (cut / "folds" / "1" / "metrics.jsonl").read_bytes() == kept  # not trained again
+    times = ("train_time_s", "epoch_time_s", "health/probe_time_s")
+    for part in ("folds/1", "folds/2", "folds/3", "."):
+        ours, theirs = read_metrics(cut / part), read_metrics(full_dir / part)
+        assert [{k: v for k, v in r.items() if k not in times} for r in ours] == [
+            {k: v for k, v in r.items() if k not in times} for r in theirs
+        ], part
+    assert resumed["cv"] == full["cv"] and resumed["test"] == full["test"]
+    with pytest.raises(Interrupted.__mro__[1], match="finished its cross-validation"):
+        train(tmp_path, *args, f"trainer.resume={cut}", name="once-more")
+
+
+def test_bad_cv_settings_are_one_clear_message(tmp_path):
+    from dlrun.errors import ConfigError, UserError
+
+    with pytest.raises(ConfigError, match=r"data.cv.folds must be an int in the range \[2, inf\)"):
+        train(tmp_path, "data.cv.folds=1")
+    with pytest.raises(ConfigError, match="data.cv.repeats needs data.cv.folds"):
+        train(tmp_path, "data.cv.repeats=3")
+    with pytest.raises(ConfigError, match=r"data.cv.fold must be below .* \(6\). Got 6."):
+        train(tmp_path, "data.cv.folds=3", "data.cv.repeats=2", "data.cv.fold=6")
+    with pytest.raises(UserError, match="data.cv.folds=60: the smallest class has"):
+        train(tmp_path, "data=iris", "data.cv.folds=60")
+    assert not (tmp_path / "run").exists()
