@@ -66,7 +66,8 @@ class Estimator(abc.ABC):
 
     @abc.abstractmethod
     def size(self) -> int:
-        """Number of tree nodes (what a tree model learns, in place of parameters)."""
+        """What the model learns, in place of parameters, counted in its registered
+        `size_unit`: tree nodes for a tree model, coefficients for a linear one."""
 
 
 def write_records(run_dir: Path, records: list[dict]) -> None:

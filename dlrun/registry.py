@@ -32,6 +32,7 @@ class ModelEntry:
     build: Callable[..., Any]  # build(cfg, spec) -> nn.Module (or an estimator)
     family: str = "torch"
     objective: str = "supervised"
+    size_unit: str = "parameters"  # what `params` in summary.json counts for this model
 
     def input_for(self, spec) -> str:
         """The input kind this model reads `spec`'s data as."""
@@ -52,15 +53,24 @@ DATASETS: dict[str, DataEntry] = {}
 
 
 def register_model(
-    name: str, *, schema: type, takes: str, family: str = "torch", objective: str = "supervised"
+    name: str,
+    *,
+    schema: type,
+    takes: str,
+    family: str = "torch",
+    objective: str = "supervised",
+    size_unit: str | None = None,
 ):
+    """`size_unit`: what the model's size counts (None: parameters for a network, tree nodes
+    for an estimator)."""
     if takes not in INPUT_KINDS:
         raise ValueError(f"takes must be one of {INPUT_KINDS}, got {takes!r}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
     def decorator(build):
-        MODELS[name] = ModelEntry(name, schema, takes, build, family, objective)
+        unit = size_unit or ("parameters" if family == "torch" else "tree nodes")
+        MODELS[name] = ModelEntry(name, schema, takes, build, family, objective, unit)
         store_schema("model", name, schema)
         return build
 

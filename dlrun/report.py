@@ -215,10 +215,22 @@ def table_number(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1e5 else number(value)
 
 
+def size_unit(model: str, family: str) -> str:
+    """What a model's `params` counts: parameters for a network, its own unit for an
+    estimator (tree nodes for a tree model, coefficients for the linear model)."""
+    from dlrun.registry import MODELS
+
+    entry = MODELS.get(model)
+    if entry is not None:
+        return entry.size_unit
+    return "parameters" if family == "torch" else "tree nodes"
+
+
 def print_summary(summary: dict, family: str = "torch") -> None:
     """The end of a run on the terminal: what was kept (best epoch or round), the table of
     metrics (its title on its own line, so it never wraps inside the table), health findings,
-    and the cost. Tree models (`family` other than torch) count tree nodes, not parameters."""
+    and the cost. Estimators (`family` other than torch) count what they learn in their own
+    unit (the registry's `size_unit`: tree nodes, coefficients), not parameters."""
     from rich.console import Console
 
     console = Console()
@@ -231,7 +243,7 @@ def print_summary(summary: dict, family: str = "torch") -> None:
     console.print(metrics_table("", summary["val"], summary["test"]))
     for finding in summary.get("health", []):
         console.print(f"[yellow]health:[/] {finding['message']}: {finding['advice']}")
-    size = f"{summary['params']:,} " + ("parameters" if family == "torch" else "tree nodes")
+    size = f"{summary['params']:,} {size_unit(summary['model'], family)}"
     speed = ""
     if family == "torch":
         speed = f", {summary['samples_per_s']:,.0f} samples/s"

@@ -35,7 +35,7 @@ def dlrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (
             ["model=lenet5", "data=wine"],
             "model=lenet5 takes image input and cannot read data=wine (tabular data, shape 13). Models "
-            "that read it: autoencoder, gan, mlp, random_forest, vae, xgboost.",
+            "that read it: autoencoder, gan, linear, mlp, random_forest, vae, xgboost.",
         ),
         (
             ["trainer.device=cuda:3"],

@@ -28,7 +28,7 @@ def test_a_pairing_that_makes_no_sense_names_both_sides(tmp_path):
         train(tmp_path, "model=lenet5", "data=iris")
     assert str(refused.value) == (
         "model=lenet5 takes image input and cannot read data=iris (tabular data, shape 4). "
-        "Models that read it: autoencoder, gan, mlp, random_forest, vae, xgboost."
+        "Models that read it: autoencoder, gan, linear, mlp, random_forest, vae, xgboost."
     )
 
 

@@ -11,6 +11,7 @@ from dlrun.models import (  # noqa: F401  (registration side effect)
     gan,
     gru,
     lenet5,
+    linear,
     lstm,
     mlp,
     pretrained,
