@@ -74,6 +74,7 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
         else:
             summary = folds_only_summary(conf, summaries, scores, run_dir, started)
         summary.update(scores)
+        summary["wall_time_s"] = time.perf_counter() - started  # the folds' runs and the refit
         write_json(run_dir / "summary.json", summary)
         print_cv(summary)
         return summary

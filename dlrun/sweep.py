@@ -67,6 +67,16 @@ def job_row(job: Path) -> dict:
     row["_monitor"] = monitor
     row["_val"] = summary.get("val", {})
     row["_family"] = summary.get("family", "torch")
+    if "cv" in summary:  # cross-validated: the folds' mean, its spread and each fold's value
+        cv = summary["cv"]
+        name = monitor["metric"].removeprefix("val_")
+        if name in cv:
+            row[monitor["metric"]] = cv[name]["mean"]
+            row[f"{monitor['metric']}_std"] = cv[name]["std"]
+        row["_val"] = {k: m["mean"] for k, m in cv.items()}
+        row["_folds"] = {k: m["folds"] for k, m in cv.items()}
+        row["_std"] = {k: m["std"] for k, m in cv.items()}
+        row["_cv_setup"] = summary.get("cv_setup", {})
     return row
 
 
@@ -87,6 +97,8 @@ def ranking(ok: list[dict], monitor: dict) -> tuple[dict, str]:
             metric = f"val_{name}"
             for r in ok:
                 r[metric] = r["_val"][name]
+                if "_std" in r:
+                    r[f"{metric}_std"] = r["_std"][name]
             why = (
                 f"ranked by {metric} ({'higher' if mode == 'max' else 'lower'} is better), which "
                 f"every model family here has: the jobs train {', '.join(sorted(models))}, and "
@@ -94,6 +106,59 @@ def ranking(ok: list[dict], monitor: dict) -> tuple[dict, str]:
             )
             return {"metric": metric, "mode": mode}, why
     return monitor, ""
+
+
+def corrected_t_test(a: list[float], b: list[float], train_rows: int, val_rows: int) -> float:
+    """The two-sided p-value of the corrected resampled t-test (Nadeau & Bengio 2003) for the
+    per-fold scores `a` and `b` of two models on the same folds: the paired t statistic with the
+    variance of the mean inflated by val_rows / train_rows, because folds that share training
+    rows are not independent (the plain paired t-test finds differences that are not there)."""
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    if var == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
+    t = mean / math.sqrt((1 / n + val_rows / train_rows) * var)
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+NOISE_LEVEL = 0.05  # a p-value below it: the difference is distinguishable from noise
+
+
+def compare_with_best(ok: list[dict], ranked: dict) -> str:
+    """For cross-validated jobs on the same folds, each job's `p_vs_best` (the corrected
+    resampled t-test against the best job on the ranking metric), and a line on the top two.
+    '' when the jobs were not cross-validated alike."""
+    name = ranked["metric"].removeprefix("val_")
+    cross = [r for r in ok if name in r.get("_folds", {})]
+    if len(cross) < 2 or cross[0] is not ok[0]:
+        return ""
+    best, setup = ok[0], ok[0]["_cv_setup"]
+    same = [r for r in cross[1:] if r["_cv_setup"] == setup]
+    if not same or not setup.get("train_rows"):
+        return ""
+    for r in same:
+        r["p_vs_best"] = corrected_t_test(
+            best["_folds"][name], r["_folds"][name], setup["train_rows"], setup["val_rows"]
+        )
+    second = ok[1]
+    if "p_vs_best" not in second:
+        return ""
+    p = second["p_vs_best"]
+    runs = setup["folds"] * setup["repeats"]
+    verdict = (
+        "distinguishable from noise"
+        if p < NOISE_LEVEL
+        else "within noise: on these folds the two are not told apart"
+    )
+    return (
+        f"job {best['job']} vs job {second['job']} on the same {runs} folds: "
+        f"{ranked['metric']} {_fmt(best[ranked['metric']])} vs {_fmt(second[ranked['metric']])}, "
+        f"{verdict} (p = {p:.2g}, corrected resampled t-test; p_vs_best in leaderboard.csv)"
+    )
 
 
 def best_so_far(sweep_dir: Path) -> str:
@@ -213,10 +278,16 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     ok.sort(key=lambda r: sign * r.get(ranked["metric"], math.inf))
     failed = [r for r in rows if r["status"] != "ok"]
     rows = ok + failed
+    noise = compare_with_best(ok, ranked)
 
     columns = ["job", "overrides", "status", "model", "data", monitor["metric"]]
     if ranked != monitor:
         columns.insert(columns.index(monitor["metric"]), ranked["metric"])
+    for metric in (ranked["metric"], monitor["metric"]):  # cross-validated: the folds' spread
+        if any(f"{metric}_std" in r for r in ok) and f"{metric}_std" not in columns:
+            columns.insert(columns.index(metric) + 1, f"{metric}_std")
+    if noise:
+        columns.insert(columns.index(f"{ranked['metric']}_std") + 1, "p_vs_best")
     columns += sorted({k for r in ok for k in r if k.startswith("test_")})
     columns += ["epochs_run", "wall_time_s", "params", "health", "error"]
     buffer = io.StringIO()
@@ -225,7 +296,7 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
     writer.writerows(rows)
     atomic_write(sweep_dir / "leaderboard.csv", lambda f: f.write(buffer.getvalue()), mode="w")
     note = unfinished(sweep_dir, len(rows))
-    said = "".join(f"> {line}\n\n" for line in (note, why) if line)
+    said = "".join(f"> {line}\n\n" for line in (note, why, noise) if line)
     markdown = said + _markdown(rows, columns)
     atomic_write(sweep_dir / "leaderboard.md", lambda f: f.write(markdown), mode="w")
     if ok:
@@ -246,7 +317,7 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
         write_best(sweep_dir, ok[0], ranked)
     LAST_FAILED[:] = [r["job"] for r in failed if r["status"] != "running"]
     if show:
-        _print(rows, columns, sweep_dir, [line for line in (note, why) if line], ranked)
+        _print(rows, columns, sweep_dir, [line for line in (note, why, noise) if line], ranked)
     return rows
 
 
@@ -337,14 +408,21 @@ def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
     matching = test_twin(ranked["metric"])
     tests = [c for c in columns if c.startswith("test_")]
     first = ["job", "overrides", ranked["metric"], *[c for c in tests if c == matching]]
-    # the other test metrics stay in the files: the terminal keeps its 100 columns
-    left_out = {*same, *named, *tests, "wall_time_s", "params"}
+    # the other test metrics stay in the files: the terminal keeps its 100 columns; so do the
+    # spreads of cross-validated jobs, shown beside their means ("0.9650 ± 0.0325")
+    spreads = {c for c in columns if c.endswith("_std")}
+    left_out = {*same, *named, *tests, *spreads, "wall_time_s", "params"}
     rest = [c for c in columns if c not in first and c not in left_out]
     order = first + rest
     text = []
     for r, own in zip(rows, own_overrides, strict=True):
         values = {c: _fmt(r.get(c)) for c in order}
         values["overrides"] = own
+        for c in order:
+            if r.get(f"{c}_std") is not None:
+                values[c] += f" ± {r[f'{c}_std']:.2g}"
+        if r.get("p_vs_best") is not None:
+            values["p_vs_best"] = f"{r['p_vs_best']:.2g}"
         text.append(values)
     shown = [c for c in order if c == "job" or any(v[c] for v in text)]
     if all(r["status"] == "ok" for r in rows):
@@ -352,20 +430,21 @@ def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
     return above, shown, [[v[c] for c in shown] for v in text]
 
 
-def _print(rows: list[dict], columns: list[str], sweep_dir: Path, notes: list[str], ranked) -> None:
+def _print(
+    rows: list[dict], columns: list[str], sweep_dir: Path, notes: list[str], ranked, console=None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = console or Console()
     console.print(f"leaderboard: {sweep_dir}", style="bold", soft_wrap=True)
     above, shown, cells = terminal_view(rows, columns, ranked)
     for line in above:
         console.print(line, soft_wrap=True)
     table = Table()
     for c in shown:
-        table.add_column(
-            c, overflow="fold", justify="right" if c.startswith(("val_", "test_")) else "left"
-        )
+        number = c.startswith(("val_", "test_", "p_"))  # whole, even when overrides must fold
+        table.add_column(c, overflow="fold", justify="right" if number else "left", no_wrap=number)
     for r, row_cells in zip(rows, cells, strict=True):
         table.add_row(*row_cells, style=None if r["status"] == "ok" else "red")
     console.print(table)

@@ -169,3 +169,86 @@ def test_bad_cv_settings_are_one_clear_message(tmp_path):
     with pytest.raises(UserError, match="data.cv.folds=60: the smallest class has"):
         train(tmp_path, "data=iris", "data.cv.folds=60")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_corrected_t_test_is_the_paired_one_with_a_wider_variance():
+    from scipy import stats
+
+    from dlrun.sweep import corrected_t_test
+
+    a = [0.90, 0.92, 0.91, 0.95, 0.93, 0.94, 0.90, 0.92, 0.96, 0.91]
+    b = [0.88, 0.90, 0.90, 0.91, 0.92, 0.95, 0.87, 0.91, 0.93, 0.90]
+    plain = stats.ttest_rel(a, b).pvalue
+    # with (almost) no overlap between training sets the correction vanishes
+    assert corrected_t_test(a, b, 10**12, 1) == pytest.approx(plain, rel=1e-9)
+    # 5-fold: the variance of the mean grows by val/train = 1/4: a larger p-value
+    corrected = corrected_t_test(a, b, 80, 20)
+    t = np.mean(np.subtract(a, b)) / np.sqrt((1 / 10 + 20 / 80) * np.var(np.subtract(a, b), ddof=1))
+    assert corrected == pytest.approx(2 * stats.t.sf(abs(t), 9), rel=1e-12)
+    assert plain < 0.05 < corrected
+    assert corrected_t_test(a, a, 80, 20) == 1.0
+
+
+def test_a_leaderboard_of_cross_validated_jobs_says_which_differences_are_noise(tmp_path):
+    """A 3-job sweep of cross-validated runs: mean ± std, ranked by the mean, p_vs_best."""
+    import csv
+
+    from rich.console import Console
+
+    import dlrun.sweep as sweep
+
+    def job(name, model, folds):
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        overrides = ["data=wine", "data.cv.folds=5", f"model={model}"]
+        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (folder / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  runtime:\n    choices:\n      model: " + model + "\n"
+        )
+        (folder / "config.yaml").write_text(f"model:\n  name: {model}\n")
+        mean = float(np.mean(folds))
+        summary = {
+            "status": "completed",
+            "model": model,
+            "data": "wine",
+            "family": "torch",
+            "monitor": {"metric": "val_accuracy", "mode": "max", "best": 0.5},
+            "val": {"accuracy": 0.5},
+            "test": {"accuracy": 0.9},
+            "epochs_run": 5,
+            "wall_time_s": 1.0,
+            "params": 100,
+            "cv": {"accuracy": {"mean": mean, "std": float(np.std(folds, ddof=1)), "folds": folds}},
+            "cv_setup": {
+                "folds": 5,
+                "repeats": 1,
+                "split_seed": 42,
+                "train_rows": 113,
+                "val_rows": 29,
+            },
+        }
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    job("0", "mlp", [0.93, 0.97, 0.90, 0.96, 0.93])
+    job("1", "gru", [0.97, 1.0, 0.97, 1.0, 0.97])
+    job("2", "lstm", [0.93, 0.97, 0.93, 0.97, 0.93])
+    console = Console(width=100, record=True)
+    real = sweep._print
+    sweep._print = lambda *a: real(*a, console=console)
+    try:
+        rows = sweep.report(tmp_path)
+    finally:
+        sweep._print = real
+    assert [r["job"] for r in rows] == ["1", "2", "0"]  # by the folds' mean, not val.accuracy
+    said = console.export_text()
+    assert all(len(line) <= 100 for line in said.splitlines())
+    assert "0.982 ± 0.016" in said
+    assert "job 1 vs job 2 on the same 5 folds: val_accuracy 0.982 vs 0.946, " in " ".join(
+        said.split()
+    )
+    table = list(csv.DictReader((tmp_path / "leaderboard.csv").open()))
+    p_values = {r["job"]: r["p_vs_best"] for r in table}
+    assert p_values["1"] == "" and 0 < float(p_values["2"]) < 1 and 0 < float(p_values["0"]) < 1
+    assert float(table[0]["val_accuracy_std"]) == pytest.approx(
+        np.std([0.97, 1, 0.97, 1, 0.97], ddof=1)
+    )
