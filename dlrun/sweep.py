@@ -90,8 +90,9 @@ def ranking(ok: list[dict], monitor: dict) -> tuple[dict, str]:
     """(the metric and mode the leaderboard ranks by, a line saying why when it is not the
     monitored one)."""
     models = {r["model"] for r in ok}
-    if len({r["_family"] for r in ok}) < 2 or not monitor["metric"].endswith("loss"):
-        return monitor, ""  # networks alone share their loss: it ranks them
+    networks_only = all(r["_family"] == "torch" for r in ok)
+    if networks_only or len(models) < 2 or not monitor["metric"].endswith("loss"):
+        return monitor, ""  # networks alone share their loss, one estimator its own: it ranks
     for name, mode in COMMON_METRICS:
         if all(name in r["_val"] for r in ok):
             metric = f"val_{name}"
@@ -101,7 +102,7 @@ def ranking(ok: list[dict], monitor: dict) -> tuple[dict, str]:
                     r[f"{metric}_std"] = r["_std"][name]
             why = (
                 f"ranked by {metric} ({'higher' if mode == 'max' else 'lower'} is better), which "
-                f"every model family here has: the jobs train {', '.join(sorted(models))}, and "
+                f"every model here has: the jobs train {', '.join(sorted(models))}, and "
                 f"their {monitor['metric']} is not what you would compare them on"
             )
             return {"metric": metric, "mode": mode}, why

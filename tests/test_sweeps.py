@@ -148,7 +148,7 @@ def test_the_terminal_leaderboard_fits_and_families_are_ranked_by_accuracy():
     ]
     ranked, why = ranking(ok, ok[0]["_monitor"])
     assert ranked == {"metric": "val_accuracy", "mode": "max"}
-    assert why.startswith("ranked by val_accuracy (higher is better), which every model family")
+    assert why.startswith("ranked by val_accuracy (higher is better), which every model here")
     ok.sort(key=lambda r: -r["val_accuracy"])
     assert [r["model"] for r in ok] == ["random_forest", "mlp", "xgboost"]
     columns = ["job", "overrides", "status", "model", "data", "val_accuracy", "val_loss"]
@@ -165,6 +165,11 @@ def test_the_terminal_leaderboard_fits_and_families_are_ranked_by_accuracy():
     same = [row("0", "mlp", 0.2, 0.9, 0.9), row("1", "mlp", 0.1, 0.8, 0.8)]
     same[1]["model"] = "lenet5"
     assert ranking(same, same[0]["_monitor"]) == (same[0]["_monitor"], "")
+    # estimators alone (linear, random_forest): their log-losses are not comparable either
+    trees = [row("0", "linear", 0.07, 0.97, 0.979), row("1", "random_forest", 0.3, 0.98, 0.986)]
+    assert ranking(trees, trees[0]["_monitor"])[0] == {"metric": "val_accuracy", "mode": "max"}
+    one = [row("0", "random_forest", 0.3, 0.98, 0.986), row("1", "random_forest", 0.2, 0.9, 0.9)]
+    assert ranking(one, one[0]["_monitor"]) == (one[0]["_monitor"], "")
 
 
 def test_a_sweeps_progress_is_read_from_its_job_folders(tmp_path):
