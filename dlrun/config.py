@@ -182,6 +182,10 @@ class TrainerConfig:
     # A network on a table: how much the validation score drops when one feature's values are
     # shuffled (scikit-learn's permutation_importance, 5 repeats), drawn after training
     permutation_importance: bool = False
+    # Classes weighted in the training loss (networks) or as sample weights (estimators):
+    # balanced (n / (classes x the class's count), as scikit-learn's), {class: weight} (by class
+    # name or index; the others 1), or null (every class 1)
+    class_weight: Any = None
     seed: int = setting(II("seed"), **SEED)  # weights, dropout and batch order
     # Transfer learning (dlrun.params): parameters to freeze (name patterns, or body: all but
     # the head), whether frozen batch norms keep their statistics (eval) or update them
@@ -202,6 +206,23 @@ class TrainerConfig:
                 f"Got {freeze!r}."
             ]
         problems = []
+        weight = self.class_weight
+        if not (
+            weight is None
+            or weight == "balanced"
+            or (
+                isinstance(weight, dict)
+                and weight
+                and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                    for v in weight.values()
+                )
+            )
+        ):
+            problems.append(
+                "trainer.class_weight must be balanced, null, or {class: weight} with weights "
+                f">= 0 (e.g. '{{1: 5.0}}'). Got {weight!r}."
+            )
         at = self.unfreeze_at_epoch
         if at is None:
             return problems

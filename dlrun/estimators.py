@@ -27,8 +27,11 @@ class Estimator(abc.ABC):
 
         trees = getattr(self.model, "n_estimators", None)
         started = time.perf_counter()
+        from dlrun.weights import sample_weights
+
+        weight = sample_weights(conf, self.spec, y)  # trainer.class_weight
         with fit_progress(f"fitting {trees} trees" if trees else "fitting"):
-            self.model.fit(x, y)
+            self.model.fit(x, y, **({} if weight is None else {"sample_weight": weight}))
         elapsed = time.perf_counter() - started
         record = {"epoch": 1}
         for name in ("train", "val"):

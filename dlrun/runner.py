@@ -577,6 +577,9 @@ def check_task_settings(conf, spec, objective: str = "supervised") -> None:
     elif trainer.loss not in losses:
         what = f"a {spec.task} loss" if objective == "supervised" else f"a loss of the {objective}"
         raise ConfigError(not_one_of("trainer.loss", what, trainer.loss, ("auto", *losses)))
+    from dlrun.weights import check
+
+    check(conf, spec, objective)  # trainer.class_weight
 
 
 @dataclass

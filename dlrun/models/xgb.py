@@ -47,14 +47,18 @@ class Boosted(Estimator):
                 f"{self.spec.num_classes}. Use a larger data.test_split/val_split share or more data."
             )
         from dlrun.report import fit_progress
+        from dlrun.weights import sample_weights
 
+        weight = sample_weights(conf, self.spec, y)  # trainer.class_weight
         started = time.perf_counter()
         total = self.model.n_estimators
         with fit_progress("boosting rounds", total) as update:
             recorder = round_records(run_dir, update)
             self.model.set_params(callbacks=[recorder])
             try:
-                self.model.fit(x, y, eval_set=[(x, y), (xv, yv)], verbose=False)
+                self.model.fit(
+                    x, y, sample_weight=weight, eval_set=[(x, y), (xv, yv)], verbose=False
+                )
             finally:
                 self.model.set_params(callbacks=None)
                 recorder.close()

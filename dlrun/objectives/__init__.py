@@ -110,8 +110,11 @@ def supervised_objective(conf, spec, y_train) -> Objective:
     """Classification or regression of the data's targets."""
     from dlrun.objectives.supervised import Classification, Regression
 
+    from dlrun.weights import class_weights
+
+    weights = class_weights(conf.trainer.class_weight, spec, y_train)  # regression: refused
     if spec.task == "classification":
-        return Classification(conf.trainer.precision)
+        return Classification(conf.trainer.precision, weights)
     return Regression(conf.trainer.loss, conf.trainer.precision, y_train)
 
 

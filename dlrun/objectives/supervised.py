@@ -11,17 +11,32 @@ from dlrun.objectives import Objective, forward
 class Classification(Objective):
     """Cross-entropy on (x, y); accuracy, macro F1 and log-loss on validation and test."""
 
-    def __init__(self, precision: str = "32"):
+    def __init__(self, precision: str = "32", weights: np.ndarray | None = None):
+        import torch
+
         from dlrun.metrics import metric_names
 
         self.precision = precision
         self.metrics = tuple(metric_names("classification"))
+        # trainer.class_weight: each sample's loss times its class's weight (the validation and
+        # test scores are not weighted)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+
+    def _weights(self, device):
+        if self.weights.device != device:  # moved once, before any step is captured
+            self.weights = self.weights.to(device)
+        return self.weights
 
     def loss(self, model, batch: dict, phase: str = "main"):
         logits = forward(model, batch).float()  # (B, K)
-        return F.cross_entropy(logits, batch["y"], reduction="none")  # (B,)
+        losses = F.cross_entropy(logits, batch["y"], reduction="none")  # (B,)
+        if self.weights is not None:
+            losses = losses * self._weights(logits.device)[batch["y"]]
+        return losses
 
     def mean_loss(self, model, batch: dict, phase: str = "main"):
+        if self.weights is not None:  # the mean of the weighted losses, as the sum over ranks
+            return self.loss(model, batch, phase).mean()
         return F.cross_entropy(forward(model, batch).float(), batch["y"])
 
     def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:

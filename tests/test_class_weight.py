@@ -1,0 +1,85 @@
+"""trainer.class_weight: weighted losses for networks, sample weights for estimators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import train
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tmp_path_factory) -> str:
+    """Two overlapping classes, 1,900 rows against 100: unweighted, the minority is mostly
+    predicted as the majority."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (1900, 2)), rng.normal(1.0, 1, (100, 2))])
+    y = np.array([0] * 1900 + [1] * 100)
+    path = tmp_path_factory.mktemp("imbalanced") / "imbalanced.npz"
+    np.savez(path, x=x.astype(np.float32), y=y)
+    return str(path)
+
+
+def minority_recall(summary: dict) -> float:
+    return summary["test_per_class"]["1"]["recall"]
+
+
+@pytest.mark.parametrize(
+    "model", [["model=mlp", "trainer.max_epochs=15"], ["model=xgboost"], ["model=linear"]]
+)
+def test_balanced_weights_raise_the_minority_s_recall(tmp_path, imbalanced, model):
+    args = ("data=npz", f"data.path={imbalanced}", *model)
+    plain, _ = train(tmp_path, *args, name="plain")
+    balanced, _ = train(tmp_path, *args, "trainer.class_weight=balanced", name="balanced")
+    assert minority_recall(plain) <= 0.3
+    assert minority_recall(balanced) >= minority_recall(plain) + 0.4
+
+
+def test_the_weighted_loss_is_each_sample_s_loss_times_its_class_s_weight():
+    import torch
+    import torch.nn.functional as F
+
+    from dlrun.data import DataSpec
+    from dlrun.objectives.supervised import Classification
+    from dlrun.weights import class_weights
+
+    spec = DataSpec("d", "classification", "tabular", (3,), num_classes=3)
+    y_train = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
+    balanced = class_weights("balanced", spec, y_train)
+    assert balanced.tolist() == pytest.approx([9 / 18, 9 / 6, 9 / 3])  # n / (K x count)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    assert balanced == pytest.approx(compute_class_weight("balanced", classes=np.arange(3), y=y_train))
+    assert class_weights({2: 5.0}, spec, y_train).tolist() == [1.0, 1.0, 5.0]
+    net = torch.nn.Linear(3, 3)
+    batch = {"x": torch.randn(8, 3), "y": torch.tensor([0, 1, 2, 2, 1, 0, 0, 2])}
+    objective = Classification(weights=balanced)
+    plain = F.cross_entropy(net(batch["x"]), batch["y"], reduction="none")
+    expected = plain * torch.as_tensor(balanced, dtype=torch.float32)[batch["y"]]
+    assert torch.allclose(objective.loss(net, batch), expected)
+    assert torch.allclose(objective.mean_loss(net, batch), expected.mean())
+
+
+def test_class_weights_by_name_and_bad_ones(tmp_path):
+    from dlrun.errors import ConfigError, UserError
+
+    with pytest.raises(ConfigError, match="trainer.class_weight must be balanced, null, or"):
+        train(tmp_path, "data=iris", "trainer.class_weight=heavy")
+    with pytest.raises(ConfigError, match="trainer.class_weight must be balanced"):
+        train(tmp_path, "data=iris", "+trainer.class_weight={setosa: -1}")
+    with pytest.raises(UserError, match="'tulip' is not a class of iris. Its classes: setosa,"):
+        train(tmp_path, "data=iris", "trainer.class_weight={tulip: 2}")
+    with pytest.raises(UserError, match="diabetes is a regression dataset; it has no classes"):
+        train(tmp_path, "data=diabetes", "trainer.class_weight=balanced")
+    with pytest.raises(UserError, match="trainer.class_weight and model.class_weight are both"):
+        train(
+            tmp_path,
+            "data=iris",
+            "model=random_forest",
+            "model.class_weight=balanced",
+            "trainer.class_weight=balanced",
+        )
+    assert not (tmp_path / "run").exists()
+    summary, _ = train(
+        tmp_path, "data=iris", "trainer.class_weight={virginica: 3}", "trainer.max_epochs=2"
+    )
+    assert summary["status"] == "completed"
