@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from conftest import train
 
 
@@ -48,7 +49,9 @@ def test_the_weighted_loss_is_each_sample_s_loss_times_its_class_s_weight():
     assert balanced.tolist() == pytest.approx([9 / 18, 9 / 6, 9 / 3])  # n / (K x count)
     from sklearn.utils.class_weight import compute_class_weight
 
-    assert balanced == pytest.approx(compute_class_weight("balanced", classes=np.arange(3), y=y_train))
+    assert balanced == pytest.approx(
+        compute_class_weight("balanced", classes=np.arange(3), y=y_train)
+    )
     assert class_weights({2: 5.0}, spec, y_train).tolist() == [1.0, 1.0, 5.0]
     net = torch.nn.Linear(3, 3)
     batch = {"x": torch.randn(8, 3), "y": torch.tensor([0, 1, 2, 2, 1, 0, 0, 2])}

@@ -109,7 +109,6 @@ def objective_metrics(kind: str, task: str, model_cfg=None) -> tuple[str, ...]:
 def supervised_objective(conf, spec, y_train) -> Objective:
     """Classification or regression of the data's targets."""
     from dlrun.objectives.supervised import Classification, Regression
-
     from dlrun.weights import class_weights
 
     weights = class_weights(conf.trainer.class_weight, spec, y_train)  # regression: refused
