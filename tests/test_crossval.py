@@ -252,3 +252,34 @@ def test_a_leaderboard_of_cross_validated_jobs_says_which_differences_are_noise(
     assert float(table[0]["val_accuracy_std"]) == pytest.approx(
         np.std([0.97, 1, 0.97, 1, 0.97], ddof=1)
     )
+
+
+def test_linear_folds_score_as_scikit_learns_cross_validate(tmp_path):
+    """The same folds, the same standardization (from each fold's training rows), the same
+    logistic regression: the same scores, to the solver's tolerance."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import make_scorer
+    from sklearn.model_selection import RepeatedStratifiedKFold, cross_validate
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    args = ("data=wine", "model=linear", "data.cv.folds=5", "data.cv.refit=false")
+    summary, _ = train(tmp_path, *args)
+    rest, raw = rows_outside_test(*args)
+    x = np.asarray(raw.x, dtype=np.float32)[rest]
+    y = np.asarray(raw.y)[rest]
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    from sklearn.metrics import log_loss
+
+    theirs = cross_validate(
+        model,
+        x,
+        y,
+        cv=RepeatedStratifiedKFold(n_splits=5, n_repeats=1, random_state=42),
+        scoring={
+            "accuracy": "accuracy",
+            "loss": make_scorer(log_loss, response_method="predict_proba", labels=[0, 1, 2]),
+        },
+    )
+    assert summary["cv"]["accuracy"]["folds"] == theirs["test_accuracy"].tolist()
+    assert summary["cv"]["loss"]["folds"] == pytest.approx(theirs["test_loss"].tolist(), rel=1e-4)
