@@ -82,16 +82,37 @@ class CVConfig:
     folds: Optional[int] = setting(None, lo=2)  # null: one split, no cross-validation
     repeats: int = setting(1, lo=1)  # new seeded folds each repeat (5x2 = folds 2, repeats 5)
     refit: bool = True  # then the model of one split (train / val), scored on the test split
+    # a table's column of groups (a patient, a site): a group's rows stay in one fold, and in one
+    # of train / val / test; null: rows are independent
+    group: Optional[str] = None
+    # rows in time order (as the data gives them): the test split is the last rows, and each
+    # fold trains on the rows before its validation block (scikit-learn's TimeSeriesSplit)
+    time: bool = False
     # which fold a fold's own run trains (0 .. folds x repeats - 1), set by the run that
     # cross-validates; null: every fold (a run of its own: data.cv.fold=3 trains that one)
     fold: Optional[int] = setting(None, lo=0)
 
     def problems(self) -> list[str]:
         if self.folds is None:
-            if self.fold is not None or self.repeats != 1:
-                key = "data.cv.fold" if self.fold is not None else "data.cv.repeats"
-                return [f"{key} needs data.cv.folds (the number of folds, at least 2)."]
+            for key, unset in (
+                ("fold", self.fold is None),
+                ("repeats", self.repeats == 1),
+                ("group", self.group is None),
+                ("time", not self.time),
+            ):
+                if not unset:
+                    return [f"data.cv.{key} needs data.cv.folds (the number of folds, at least 2)."]
             return []
+        if self.time and self.group is not None:
+            return [
+                "data.cv.time and data.cv.group cannot be used together: time-ordered folds keep "
+                "the rows' order, grouped folds keep each group whole. Choose one."
+            ]
+        if self.time and self.repeats > 1:
+            return [
+                f"data.cv.repeats={self.repeats}: time-ordered folds are the same every repeat "
+                "(they follow the rows' order). Use data.cv.repeats=1 with data.cv.time=true."
+            ]
         total = self.folds * self.repeats
         if self.fold is not None and self.fold >= total:
             return [

@@ -283,3 +283,84 @@ def test_linear_folds_score_as_scikit_learns_cross_validate(tmp_path):
     )
     assert summary["cv"]["accuracy"]["folds"] == theirs["test_accuracy"].tolist()
     assert summary["cv"]["loss"]["folds"] == pytest.approx(theirs["test_loss"].tolist(), rel=1e-4)
+
+
+@pytest.fixture
+def visits(tmp_path) -> str:
+    """A table of 40 patients with 6 visits each, in time order: a patient's visits look alike
+    (their own offset), so a split that puts one patient on both sides leaks."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(40), 6)
+    offset = rng.normal(0, 3, 40)[patients]
+    frame = pd.DataFrame(
+        {
+            "patient": [f"p{p:02d}" for p in patients],
+            "a": offset + rng.normal(0, 1, len(patients)),
+            "b": rng.normal(0, 1, len(patients)),
+            "sick": (offset > 0).astype(int),
+        }
+    )
+    path = tmp_path / "visits.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def folds_of(*overrides):
+    from dlrun.catalog import load_catalog
+    from dlrun.data import cv_folds, split_indices
+    from dlrun.registry import get_data
+    from dlrun.validate import validate
+
+    load_catalog()
+    conf = validate(make_cfg(*overrides))
+    raw = get_data(conf.data.name).load(conf.data)
+    train_rows, val_rows, test_rows = split_indices(raw, conf.data)
+    rest = np.concatenate([train_rows, val_rows])
+    return raw, test_rows, rest, cv_folds(raw, conf.data, rest)
+
+
+def test_grouped_folds_keep_each_group_in_one_part(visits):
+    args = ("data=csv", f"data.path={visits}", "data.target=sick", "data.cv.group=patient")
+    raw, test_rows, rest, folds = folds_of(*args, "data.cv.folds=4", "data.cv.repeats=2")
+    groups = raw.groups
+    assert raw.spec.shape == (2,)  # the group column is not a feature
+    assert not set(groups[test_rows]) & set(groups[rest])  # no patient in test and training
+    assert len(set(groups[test_rows])) == 8  # test_split 0.2 of the 40 patients
+    for repeat in (0, 1):
+        held = [val for _, val in folds[repeat * 4 : repeat * 4 + 4]]
+        assert sorted(np.concatenate(held).tolist()) == sorted(rest.tolist())
+        for train_rows, val in folds[repeat * 4 : repeat * 4 + 4]:
+            assert not set(groups[train_rows]) & set(groups[val])
+    assert not np.array_equal(folds[0][1], folds[4][1])  # a repeat draws new folds
+
+
+def test_time_ordered_folds_train_on_the_past(visits, tmp_path):
+    args = ("data=csv", f"data.path={visits}", "data.target=sick", "data.cv.time=true")
+    _, test_rows, rest, folds = folds_of(*args, "data.cv.folds=3")
+    assert test_rows.tolist() == list(range(192, 240))  # the last 20% of the rows
+    assert rest.max() < test_rows.min()
+    for train_rows, val in folds:
+        assert train_rows.max() < val.min()  # every fold is validated on later rows
+    summary, run_dir = train(tmp_path, *args, "data.cv.folds=3", "trainer.max_epochs=2")
+    assert summary["cv_setup"]["folds"] == 3 and len(summary["cv"]["accuracy"]["folds"]) == 3
+
+
+def test_bad_group_and_time_settings(tmp_path, visits):
+    from dlrun.errors import ConfigError, UserError
+
+    table = ("data=csv", f"data.path={visits}", "data.target=sick")
+    with pytest.raises(ConfigError, match="data.cv.group needs data.cv.folds"):
+        train(tmp_path, *table, "data.cv.group=patient")
+    with pytest.raises(ConfigError, match="data.cv.time and data.cv.group cannot be used"):
+        train(tmp_path, *table, "data.cv.folds=3", "data.cv.group=patient", "data.cv.time=true")
+    with pytest.raises(ConfigError, match="data.cv.repeats=2: time-ordered folds are the same"):
+        train(tmp_path, *table, "data.cv.folds=3", "data.cv.repeats=2", "data.cv.time=true")
+    with pytest.raises(UserError, match="data.cv.group: 'ward' is not a column"):
+        train(tmp_path, *table, "data.cv.folds=3", "data.cv.group=ward")
+    with pytest.raises(UserError, match="data.cv.group: iris is not a table"):
+        train(tmp_path, "data=iris", "data.cv.folds=3", "data.cv.group=patient")
+    with pytest.raises(UserError, match="hold 32 groups of data.cv.group; each fold needs one"):
+        train(tmp_path, *table, "data.cv.folds=40", "data.cv.group=patient")
+    assert not (tmp_path / "run").exists()

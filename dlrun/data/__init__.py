@@ -182,6 +182,8 @@ class RawData:
     # Normalization statistics from a seeded sample of the training rows when there are many
     # (dlrun.data.lazy.STATS_SAMPLE): image files, which are slow to decode
     sampled_statistics: bool = False
+    # data.cv.group: each row's group (codes 0..G-1), a group's rows kept together by the splits
+    groups: np.ndarray | None = None
 
 
 def build_data(cfg, fitted=None) -> DataModule:
@@ -445,10 +447,28 @@ def _check_target_varies(y: np.ndarray, parts, name: str) -> None:
 
 
 def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices of train, val and test: stratified for classification, seeded."""
+    """Row indices of train, val and test: stratified for classification, seeded. With
+    data.cv.group a group's rows stay in one part (the shares are shares of the groups); with
+    data.cv.time the test and validation parts are the last rows, later than those before."""
     from sklearn.model_selection import train_test_split
 
+    cv = getattr(cfg, "cv", None)
+    ordered = cv is not None and cv.time
+    groups = raw.groups
+    if cv is not None and cv.group is not None and groups is None:
+        raise UserError(
+            f"data.cv.group: {raw.spec.name} is not a table; data.cv.group names a column of a "
+            "table (data=csv or data=parquet)."
+        )
+
     def cut(rows: np.ndarray, share: float, what: str):
+        if ordered:  # in time order: the last rows are held out
+            held = math.ceil(share * len(rows))
+            if not 0 < held < len(rows):
+                raise UserError(f"data: cannot split {len(rows)} samples for {what}={share}.")
+            return rows[:-held], rows[-held:]
+        if groups is not None:
+            return group_cut(rows, groups[rows], share, what, cfg.split_seed)
         stratify = raw.y[rows] if raw.spec.task == "classification" else None
         if stratify is not None:
             _, counts = np.unique(stratify, return_counts=True)
@@ -482,19 +502,62 @@ def split_indices(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return train, val, test
 
 
+def group_cut(rows: np.ndarray, groups: np.ndarray, share: float, what: str, seed: int):
+    """(kept rows, held-out rows): `share` of the groups held out whole, seeded."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    if len(np.unique(groups)) < 2:
+        raise UserError(
+            f"data.cv.group: the {len(rows)} rows to split for {what} hold one group only; "
+            "a split by groups needs at least 2."
+        )
+    splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
+    kept, held = next(splitter.split(rows, groups=groups))
+    return rows[np.sort(kept)], rows[np.sort(held)]
+
+
 def cv_folds(raw: RawData, cfg, rest: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """data.cv: the (training rows, validation rows) of every fold of the non-test rows `rest`,
     repeat by repeat: scikit-learn's RepeatedStratifiedKFold for classes (RepeatedKFold for
-    targets), seeded with data.split_seed. They depend only on the data and the split settings,
-    never on the model, so every model of a sweep is scored on the same folds."""
-    from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
+    targets), seeded with data.split_seed; StratifiedGroupKFold / GroupKFold (shuffled with the
+    seed + the repeat) with data.cv.group; TimeSeriesSplit with data.cv.time (each fold trains
+    on the rows before its validation block). They depend only on the data and the split
+    settings, never on the model, so every model of a sweep is scored on the same folds."""
+    from sklearn.model_selection import (
+        GroupKFold,
+        RepeatedKFold,
+        RepeatedStratifiedKFold,
+        StratifiedGroupKFold,
+        TimeSeriesSplit,
+    )
 
     cv = cfg.cv
     rest = np.sort(rest)
     classes = raw.spec.task == "classification"
+    y = np.asarray(raw.y)[rest]
+    if cv.time:
+        if len(rest) <= cv.folds:
+            raise UserError(
+                f"data.cv.folds={cv.folds}: {len(rest)} rows outside the test split are too few."
+            )
+        return [(rest[tr], rest[va]) for tr, va in TimeSeriesSplit(cv.folds).split(rest)]
+    if raw.groups is not None:
+        groups = raw.groups[rest]
+        found = len(np.unique(groups))
+        if found < cv.folds:
+            raise UserError(
+                f"data.cv.folds={cv.folds}: the rows outside the test split hold {found} groups "
+                f"of data.cv.group; each fold needs one. Use at most data.cv.folds={found}."
+            )
+        kind = StratifiedGroupKFold if classes else GroupKFold
+        folds = []
+        for repeat in range(cv.repeats):
+            seed = (cfg.split_seed + repeat) % 2**32
+            splitter = kind(n_splits=cv.folds, shuffle=True, random_state=seed)
+            folds += [(rest[tr], rest[va]) for tr, va in splitter.split(rest, y, groups)]
+        return folds
     kind = RepeatedStratifiedKFold if classes else RepeatedKFold
     splitter = kind(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cfg.split_seed)
-    y = np.asarray(raw.y)[rest]
     if classes:
         _, counts = np.unique(y, return_counts=True)
         if counts.min() < cv.folds:

@@ -150,6 +150,7 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         return load_text(cfg, df, shown)
     features = feature_columns(cfg, columns, shown)
     target, split = df[cfg.target], None if cfg.split_column is None else df[cfg.split_column]
+    group = None if cfg.cv.group is None else df[cfg.cv.group]
     if long:
         from dlrun.data.sequences import per_sample, steps_of
 
@@ -159,8 +160,11 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         target = per_sample(target, index[0], index[3], "data.target", shown)
         if split is not None:
             split = per_sample(split, index[0], index[3], "data.split_column", shown)
+        if group is not None:
+            group = per_sample(group, index[0], index[3], "data.cv.group", shown)
     y, task, classes = read_target(target, cfg.target, shown, cfg.task)
     fixed_split = None if split is None else read_split(split, cfg.split_column)
+    groups = None if group is None else read_groups(group, cfg.cv.group)
     table, numeric, categorical = feature_table(df, features)
     check_missing(table, cfg.missing, shown)
     check_finite(table, numeric, shown, cfg.missing == "impute")
@@ -188,6 +192,7 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         encode=encode,
         feature_names=encode.feature_names,
         lengths=lengths,
+        groups=groups,
     )
 
 
@@ -198,6 +203,7 @@ def check_named(cfg: TableConfig, columns: list[str], shown) -> None:
         ("data.split_column", cfg.split_column),
         ("data.sequence.id", cfg.sequence.id),
         ("data.sequence.order", cfg.sequence.order),
+        ("data.cv.group", cfg.cv.group),
     )
     for key, column in named:
         if column is not None and column not in columns:
@@ -207,7 +213,7 @@ def check_named(cfg: TableConfig, columns: list[str], shown) -> None:
 def feature_columns(cfg: TableConfig, columns: list[str], shown) -> list[str]:
     """The feature columns: data.features, or every column the settings do not name."""
     if cfg.features is None:
-        special = (cfg.target, cfg.split_column, cfg.sequence.id, cfg.sequence.order)
+        special = (cfg.target, cfg.split_column, cfg.sequence.id, cfg.sequence.order, cfg.cv.group)
         features = [c for c in columns if c not in special]
     else:
         unknown = [f for f in cfg.features if f not in columns]
@@ -284,7 +290,8 @@ def load_text(cfg: TableConfig, df, shown) -> RawData:
         vocab_size=cfg.vocab_size,  # the trained tokenizer's own, once fitted (build_data)
     )
     encode = TextEncoder(cfg.text, cfg.tokenizer, cfg.vocab_size, cfg.text_max_len)
-    return RawData(texts, y, spec, fixed_split=split, encode=encode)
+    groups = None if cfg.cv.group is None else read_groups(df[cfg.cv.group], cfg.cv.group)
+    return RawData(texts, y, spec, fixed_split=split, encode=encode, groups=groups)
 
 
 def read_table(path_text: str, fmt: str, key: str = "data.path"):
@@ -492,6 +499,19 @@ def _target_task(name: str, integers: bool, whole: bool, count: int) -> tuple[st
             "data.task=classification reads them as classes"
         )
     return "regression", f"target '{name}' holds numbers with fractions: regression"
+
+
+def read_groups(column, name: str) -> np.ndarray:
+    """data.cv.group: each row's group as a code 0..G-1; every row needs one."""
+    import pandas as pd
+
+    missing = int(column.isna().sum())
+    if missing:
+        raise UserError(
+            f"data.cv.group: column '{name}' has {missing} missing values; every row needs its "
+            "group."
+        )
+    return pd.factorize(column)[0].astype(np.int64)
 
 
 def read_split(column, name: str) -> np.ndarray:

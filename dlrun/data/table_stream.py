@@ -117,6 +117,7 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
         check_size,
         feature_columns,
         not_numbers,
+        read_groups,
         read_split,
         read_target,
         reading,
@@ -131,7 +132,7 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
         check_size(columns, n, shown, "parquet")
         check_named(cfg, columns, shown)
         features = feature_columns(cfg, columns, shown)
-        named = [c for c in (cfg.target, cfg.split_column) if c is not None]
+        named = [c for c in (cfg.target, cfg.split_column, cfg.cv.group) if c is not None]
         frame = dataset.to_table(columns=named).to_pandas()
         numeric, categorical = column_kinds(dataset, features)
     log.info(
@@ -146,6 +147,7 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
     fixed = (
         None if cfg.split_column is None else read_split(frame[cfg.split_column], cfg.split_column)
     )
+    groups = None if cfg.cv.group is None else read_groups(frame[cfg.cv.group], cfg.cv.group)
     del frame
 
     source = ParquetTable(path, shown, numeric, categorical, n)
@@ -183,7 +185,13 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
     spec = table_spec(cfg, task, classes, numeric, vocab)
     encode = TableEncoder(numeric, categorical, vocab, cfg.categorical, cfg.missing == "impute")
     return RawData(
-        source, y, spec, fixed_split=fixed, encode=encode, feature_names=encode.feature_names
+        source,
+        y,
+        spec,
+        fixed_split=fixed,
+        encode=encode,
+        feature_names=encode.feature_names,
+        groups=groups,
     )
 
 
@@ -291,6 +299,7 @@ def encode_table(raw: RawData, train: np.ndarray, fitted=None) -> RawData:
         fixed_split=raw.fixed_split,
         encode=encoder,
         feature_names=raw.feature_names,
+        groups=raw.groups,
     )
 
 
