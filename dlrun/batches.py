@@ -58,6 +58,11 @@ class TrainBatches:
         self.lengths = (
             None if lengths is None else torch.as_tensor(self.host_lengths, device=device)
         )
+        # data.sample_weight: each training row's weight, beside y (the objective multiplies
+        # each sample's loss by it)
+        weights = None if data is None else getattr(data, "weights", None)
+        self.host_w = None if weights is None else np.asarray(weights["train"])
+        self.w = None if weights is None else torch.as_tensor(self.host_w, device=device)
 
         self.n = n = len(self.host_y)
         self.batch = batch = min(tcfg.batch_size, n)
@@ -74,7 +79,12 @@ class TrainBatches:
 
             pin = device.type == "cuda"
             self.loader = BatchLoader(
-                self.host_x, self.host_y, tcfg.workers, pin=pin, lengths=self.host_lengths
+                self.host_x,
+                self.host_y,
+                tcfg.workers,
+                pin=pin,
+                lengths=self.host_lengths,
+                weights=self.host_w,
             )
             log.info(
                 "training data (%.2f GB) streams from %s: %d DataLoader workers%s",
@@ -99,6 +109,8 @@ class TrainBatches:
         batch = {"x": x, "y": self.y[idx]}  # (B, *shape), (B,) or (B, T)
         if self.lengths is not None:
             batch["lengths"] = self.lengths[idx]  # (B,)
+        if self.w is not None:
+            batch["w"] = self.w[idx]  # (B,)
         return batch
 
     def epoch(self, perm):
@@ -118,8 +130,9 @@ class TrainBatches:
             if self.stored is not None:
                 x = self.stored.prepare(x, train=True)
             batch = {"x": x, "y": y.to(self.device, non_blocking=True)}
-            if "lengths" in parts:
-                batch["lengths"] = parts["lengths"].to(self.device, non_blocking=True)
+            for key in ("lengths", "w"):
+                if key in parts:
+                    batch[key] = parts[key].to(self.device, non_blocking=True)
             yield batch, size
 
     def without_bad(self, parts: dict) -> dict:

@@ -20,6 +20,7 @@ class Estimator(abc.ABC):
     def __init__(self, model, spec):
         self.model = model
         self.spec = spec
+        self.row_weights = None  # data.sample_weight of the training rows (set before fit)
 
     def fit(self, splits, conf, run_dir: Path) -> FitResult:
         x, y = splits["train"]
@@ -29,7 +30,7 @@ class Estimator(abc.ABC):
         started = time.perf_counter()
         from dlrun.weights import sample_weights
 
-        weight = sample_weights(conf, self.spec, y)  # trainer.class_weight
+        weight = sample_weights(conf, self.spec, y, self.row_weights)  # class and row weights
         with fit_progress(f"fitting {trees} trees" if trees else "fitting"):
             self.model.fit(x, y, **({} if weight is None else {"sample_weight": weight}))
         elapsed = time.perf_counter() - started
@@ -71,6 +72,40 @@ class Estimator(abc.ABC):
     def size(self) -> int:
         """What the model learns, in place of parameters, counted in its registered
         `size_unit`: tree nodes for a tree model, coefficients for a linear one."""
+
+
+class SkopsEstimator(Estimator):
+    """A scikit-learn model saved with skops as checkpoints/model.skops; loading builds only the
+    types skops trusts by default and the class's `trusted` ones, and refuses any other."""
+
+    trusted: list[str] = []
+    what = "scikit-learn model"  # as the message for a run without one names it
+
+    def save(self, ckpt_dir: Path) -> Path:
+        import skops.io
+
+        from dlrun.checkpoints import atomic_write
+
+        path = ckpt_dir / "model.skops"
+        atomic_write(path, lambda f: f.write(skops.io.dumps(self.model)))
+        return path
+
+    def load(self, ckpt_dir: Path) -> None:
+        import skops.io
+
+        from dlrun.errors import UserError, first_line, unreadable
+
+        path = ckpt_dir / "model.skops"
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: no {self.what} was saved in this run.")
+        try:
+            self.model = skops.io.load(path, trusted=self.trusted)
+        except skops.io.exceptions.UntrustedTypesFoundException as ex:
+            raise UserError(
+                f"{path} holds types dlrun does not trust; it was not loaded ({ex})."
+            ) from None
+        except Exception as ex:  # a damaged zip, schema or array fails in any of skops' readers
+            raise unreadable(path, first_line(ex)) from None
 
 
 def write_records(run_dir: Path, records: list[dict]) -> None:

@@ -786,6 +786,8 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
         device=prep.device,
         patience=conf.trainer.early_stopping.patience,
     )
+    weights = getattr(prep.data, "weights", None)  # data.sample_weight
+    estimator.row_weights = None if weights is None else weights["train"]
     result = estimator.fit(splits, conf, run_dir)
     for record in result.history:
         logger.log(record)

@@ -18,8 +18,8 @@ class _Rows:
     `lengths` for padded sequences). Samples read from disk (dlrun.data.lazy) are decoded here,
     in the worker, and the files that could not be read come back as `bad`."""
 
-    def __init__(self, x, y: np.ndarray, lengths: np.ndarray | None = None):
-        self.x, self.y, self.lengths = x, y, lengths
+    def __init__(self, x, y: np.ndarray, lengths=None, weights=None):
+        self.x, self.y, self.lengths, self.weights = x, y, lengths, weights
 
     def __len__(self) -> int:
         return len(self.y)
@@ -38,6 +38,8 @@ class _Rows:
         batch["x"] = torch.from_numpy(x)
         if self.lengths is not None:
             batch["lengths"] = torch.from_numpy(self.lengths[rows])
+        if self.weights is not None:
+            batch["w"] = torch.from_numpy(self.weights[rows])
         return batch
 
 
@@ -58,13 +60,15 @@ class BatchLoader:
     """`epoch(batches)` yields a dict of CPU tensors (pinned on CUDA) for each batch of rows:
     x, y, lengths for padded sequences, and `bad` for files that could not be read."""
 
-    def __init__(self, x, y: np.ndarray, workers: int, pin: bool, lengths=None, persistent=True):
+    def __init__(
+        self, x, y: np.ndarray, workers: int, pin: bool, lengths=None, persistent=True, weights=None
+    ):
         import torch
         from torch.utils.data import DataLoader
 
         self.sampler = _EpochBatches()
         self.loader = DataLoader(
-            _Rows(x, y, lengths),
+            _Rows(x, y, lengths, weights),
             sampler=self.sampler,
             batch_size=None,  # each item already is a batch
             num_workers=workers,

@@ -64,7 +64,12 @@ def check(conf, spec, objective: str) -> None:
     class_weights(setting, spec, np.zeros(0, dtype=np.int64))  # the task and the class names
 
 
-def sample_weights(conf, spec, y_train) -> np.ndarray | None:
-    """Each training row's weight (its class's) for an estimator's fit, or None."""
+def sample_weights(conf, spec, y_train, rows=None) -> np.ndarray | None:
+    """Each training row's weight for an estimator's fit: its class's (trainer.class_weight)
+    times its own (`rows`: data.sample_weight), or None when neither is set."""
     weights = class_weights(conf.trainer.class_weight, spec, y_train)
-    return None if weights is None else weights[np.asarray(y_train, dtype=np.int64)]
+    if weights is not None:
+        weights = weights[np.asarray(y_train, dtype=np.int64)]
+    if rows is not None:
+        weights = np.asarray(rows, dtype=np.float64) * (1.0 if weights is None else weights)
+    return weights

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,78 @@ def test_class_weights_by_name_and_bad_ones(tmp_path):
         tmp_path, "data=iris", "trainer.class_weight={virginica: 3}", "trainer.max_epochs=2"
     )
     assert summary["status"] == "completed"
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory) -> str:
+    """A table whose training split holds 720 rows with flipped labels and weight 0 beside 360
+    clean rows of weight 1; validation and test rows are clean (a split column)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+
+    def rows(n, flip, weight, split):
+        x = rng.normal(0, 1, (n, 2))
+        label = (x[:, 0] + x[:, 1] > 0).astype(int)
+        return pd.DataFrame(
+            {
+                "a": x[:, 0],
+                "b": x[:, 1],
+                "label": 1 - label if flip else label,
+                "w": weight,
+                "part": split,
+            }
+        )
+
+    frame = pd.concat(
+        [
+            rows(360, False, 1.0, "train"),
+            rows(720, True, 0.0, "train"),
+            rows(120, False, 1.0, "val"),
+            rows(120, False, 1.0, "test"),
+        ]
+    )
+    path = tmp_path_factory.mktemp("poisoned") / "poisoned.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "model", [["model=mlp", "trainer.max_epochs=10"], ["model=xgboost"], ["model=linear"]]
+)
+def test_rows_of_weight_zero_do_not_train(tmp_path, poisoned, model):
+    table = ("data=csv", f"data.path={poisoned}", "data.target=label", "data.split_column=part")
+    plain, _ = train(tmp_path, *table, *model, "data.features=[a,b]", name="plain")
+    weighted, run_dir = train(tmp_path, *table, *model, "data.sample_weight=w", name="weighted")
+    assert plain["test"]["accuracy"] <= 0.4  # the flipped rows outnumber the clean ones 2 to 1
+    assert weighted["test"]["accuracy"] >= 0.9
+    assert weighted["rows"] == {"train": 1080, "val": 120, "test": 120}  # trained beside them
+    assert "w" not in json.loads((run_dir / "preprocessing" / "preprocessing.json").read_text())[
+        "spec"
+    ].get("feature_names", [])
+
+
+def test_weighted_losses_and_bad_weight_columns(tmp_path, poisoned):
+    import pandas as pd
+    import torch
+
+    from dlrun.errors import UserError
+    from dlrun.objectives.supervised import Regression
+
+    objective = Regression("mse", "32", np.array([0.0, 1.0, 2.0]))
+    net = torch.nn.Linear(2, 1)
+    batch = {"x": torch.randn(4, 2), "y": torch.randn(4), "w": torch.tensor([0.0, 1.0, 2.0, 0.5])}
+    plain = ((net(batch["x"]).squeeze(1) - batch["y"]) ** 2).detach()
+    assert torch.allclose(objective.loss(net, batch).detach(), plain * batch["w"])
+    assert torch.allclose(objective.mean_loss(net, batch).detach(), (plain * batch["w"]).mean())
+
+    frame = pd.read_csv(poisoned)
+    frame.loc[3, "w"] = -1.0
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    table = ("data=csv", f"data.path={bad}", "data.target=label", "data.split_column=part")
+    with pytest.raises(UserError, match=r"data.sample_weight: column 'w' must hold numbers >= 0"):
+        train(tmp_path, *table, "data.sample_weight=w")
+    with pytest.raises(UserError, match="data.sample_weight: 'weight' is not a column"):
+        train(tmp_path, *table, "data.sample_weight=weight")
+    assert not (tmp_path / "run").exists()

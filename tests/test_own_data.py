@@ -334,7 +334,7 @@ def test_a_table_is_a_sequence_only_when_asked(tmp_path):
     from dlrun.errors import ConfigError
 
     with pytest.raises(
-        ConfigError, match="a model that takes sequence input cannot read tabular data"
+        ConfigError, match=r"model=attention takes sequence input and cannot read data=iris \("
     ):
         train(tmp_path, "data=iris", "model=attention")
     summary, _ = train(

@@ -120,6 +120,9 @@ class DataModule:
     # A table's name for each feature (its columns; one-hot features as column=value), None
     # where features are pixels or steps: what a tree model's importances are shown by
     feature_names: tuple[str, ...] | None = None
+    # data.sample_weight: split -> each row's weight in the training loss (or an estimator's
+    # sample weights); None: every row 1
+    weights: dict[str, np.ndarray] | None = None
 
     @property
     def preprocessing(self):
@@ -184,6 +187,8 @@ class RawData:
     sampled_statistics: bool = False
     # data.cv.group: each row's group (codes 0..G-1), a group's rows kept together by the splits
     groups: np.ndarray | None = None
+    # data.sample_weight: each row's weight (float, >= 0)
+    weights: np.ndarray | None = None
 
 
 def build_data(cfg, fitted=None) -> DataModule:
@@ -276,6 +281,7 @@ def build_data(cfg, fitted=None) -> DataModule:
         sources=fingerprints(cfg),
         lengths=None if lengths is None else dict(zip(SPLITS, lengths, strict=True)),
         feature_names=raw.feature_names if spec.kind == "tabular" else None,
+        weights=split_weights(raw, (train, val, test)),
     )
 
 
@@ -333,7 +339,18 @@ def lazy_data(raw: RawData, cfg, parts: tuple, fitted=None) -> DataModule:
         sources=fingerprints(cfg),
         on_bad_file=getattr(cfg, "on_bad_file", "error"),
         feature_names=raw.feature_names if raw.spec.kind == "tabular" else None,
+        weights=split_weights(raw, (train, val, test)),
     )
+
+
+def split_weights(raw: RawData, parts: tuple) -> dict[str, np.ndarray] | None:
+    """data.sample_weight: each split's rows' weights (float32), or None."""
+    if raw.weights is None:
+        return None
+    return {
+        name: np.asarray(raw.weights[rows], dtype=np.float32)
+        for name, rows in zip(SPLITS, parts, strict=True)
+    }
 
 
 def array_statistics(spec: DataSpec, train, pixel_max: int | None, block_bytes: int = 2**27):

@@ -60,6 +60,9 @@ class TableConfig(DataConfig):
     categorical: str = setting("onehot", choices=("onehot", "ordinal"))  # text columns
     missing: str = setting("error", choices=("error", "impute"))  # missing feature values
     split_column: Optional[str] = None  # a column of train / val / test that fixes the split
+    # a column of weights (>= 0): each row's loss (networks) or sample weight (estimators) in
+    # training is multiplied by it; validation and test scores stay unweighted
+    sample_weight: Optional[str] = None
     sequence: SequenceColumns = field(default_factory=SequenceColumns)
     # Text (dlrun.data.text): a column tokenized into a sequence of token ids
     text: Optional[str] = None  # the text column (the samples' only input)
@@ -151,6 +154,7 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
     features = feature_columns(cfg, columns, shown)
     target, split = df[cfg.target], None if cfg.split_column is None else df[cfg.split_column]
     group = None if cfg.cv.group is None else df[cfg.cv.group]
+    weight = None if cfg.sample_weight is None else df[cfg.sample_weight]
     if long:
         from dlrun.data.sequences import per_sample, steps_of
 
@@ -162,9 +166,12 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
             split = per_sample(split, index[0], index[3], "data.split_column", shown)
         if group is not None:
             group = per_sample(group, index[0], index[3], "data.cv.group", shown)
+        if weight is not None:
+            weight = per_sample(weight, index[0], index[3], "data.sample_weight", shown)
     y, task, classes = read_target(target, cfg.target, shown, cfg.task)
     fixed_split = None if split is None else read_split(split, cfg.split_column)
     groups = None if group is None else read_groups(group, cfg.cv.group)
+    weights = None if weight is None else read_weights(weight, cfg.sample_weight)
     table, numeric, categorical = feature_table(df, features)
     check_missing(table, cfg.missing, shown)
     check_finite(table, numeric, shown, cfg.missing == "impute")
@@ -193,6 +200,7 @@ def load_table(cfg: TableConfig, fmt: str) -> RawData:
         feature_names=encode.feature_names,
         lengths=lengths,
         groups=groups,
+        weights=weights,
     )
 
 
@@ -204,6 +212,7 @@ def check_named(cfg: TableConfig, columns: list[str], shown) -> None:
         ("data.sequence.id", cfg.sequence.id),
         ("data.sequence.order", cfg.sequence.order),
         ("data.cv.group", cfg.cv.group),
+        ("data.sample_weight", cfg.sample_weight),
     )
     for key, column in named:
         if column is not None and column not in columns:
@@ -213,7 +222,14 @@ def check_named(cfg: TableConfig, columns: list[str], shown) -> None:
 def feature_columns(cfg: TableConfig, columns: list[str], shown) -> list[str]:
     """The feature columns: data.features, or every column the settings do not name."""
     if cfg.features is None:
-        special = (cfg.target, cfg.split_column, cfg.sequence.id, cfg.sequence.order, cfg.cv.group)
+        special = (
+            cfg.target,
+            cfg.split_column,
+            cfg.sequence.id,
+            cfg.sequence.order,
+            cfg.cv.group,
+            cfg.sample_weight,
+        )
         features = [c for c in columns if c not in special]
     else:
         unknown = [f for f in cfg.features if f not in columns]
@@ -290,8 +306,14 @@ def load_text(cfg: TableConfig, df, shown) -> RawData:
         vocab_size=cfg.vocab_size,  # the trained tokenizer's own, once fitted (build_data)
     )
     encode = TextEncoder(cfg.text, cfg.tokenizer, cfg.vocab_size, cfg.text_max_len)
+    for key, column in (("data.cv.group", cfg.cv.group), ("data.sample_weight", cfg.sample_weight)):
+        if column is not None and column not in df.columns:
+            raise UserError(_not_a_column(key, [column], shown, list(df.columns)))
     groups = None if cfg.cv.group is None else read_groups(df[cfg.cv.group], cfg.cv.group)
-    return RawData(texts, y, spec, fixed_split=split, encode=encode, groups=groups)
+    weights = None
+    if cfg.sample_weight is not None:
+        weights = read_weights(df[cfg.sample_weight], cfg.sample_weight)
+    return RawData(texts, y, spec, fixed_split=split, encode=encode, groups=groups, weights=weights)
 
 
 def read_table(path_text: str, fmt: str, key: str = "data.path"):
@@ -512,6 +534,23 @@ def read_groups(column, name: str) -> np.ndarray:
             "group."
         )
     return pd.factorize(column)[0].astype(np.int64)
+
+
+def read_weights(column, name: str) -> np.ndarray:
+    """data.sample_weight: each row's weight, a number >= 0; not all of them 0."""
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        shown = ", ".join(repr(v) for v in column[bad].unique()[:5].tolist())
+        raise UserError(
+            f"data.sample_weight: column '{name}' must hold numbers >= 0 in every row; "
+            f"{int(bad.sum())} rows hold others: {shown}."
+        )
+    if not values.any():
+        raise UserError(f"data.sample_weight: column '{name}' is 0 in every row.")
+    return values
 
 
 def read_split(column, name: str) -> np.ndarray:

@@ -136,7 +136,9 @@ def load_word_order(cfg: WordOrderConfig) -> RawData:
         texts.append(" ".join(words))
         labels.append(("alpha_first", "omega_first")[first])
     frame = pd.DataFrame({"text": texts, "label": labels})
-    settings = dict(text="text", target="label", split_column=None, task=cfg.task)
+    settings = dict(
+        text="text", target="label", split_column=None, task=cfg.task, cv=cfg.cv, sample_weight=None
+    )
     return load_text(_TextSettings(cfg, **settings), frame, "word_order")
 
 

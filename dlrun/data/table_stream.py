@@ -120,6 +120,7 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
         read_groups,
         read_split,
         read_target,
+        read_weights,
         reading,
         stray_message,
         table_spec,
@@ -132,7 +133,8 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
         check_size(columns, n, shown, "parquet")
         check_named(cfg, columns, shown)
         features = feature_columns(cfg, columns, shown)
-        named = [c for c in (cfg.target, cfg.split_column, cfg.cv.group) if c is not None]
+        named = [cfg.target, cfg.split_column, cfg.cv.group, cfg.sample_weight]
+        named = [c for c in named if c is not None]
         frame = dataset.to_table(columns=named).to_pandas()
         numeric, categorical = column_kinds(dataset, features)
     log.info(
@@ -148,6 +150,9 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
         None if cfg.split_column is None else read_split(frame[cfg.split_column], cfg.split_column)
     )
     groups = None if cfg.cv.group is None else read_groups(frame[cfg.cv.group], cfg.cv.group)
+    weights = None
+    if cfg.sample_weight is not None:
+        weights = read_weights(frame[cfg.sample_weight], cfg.sample_weight)
     del frame
 
     source = ParquetTable(path, shown, numeric, categorical, n)
@@ -192,6 +197,7 @@ def checked_parts(cfg, path: Path, shown: Path, dataset, nbytes: int) -> RawData
         encode=encode,
         feature_names=encode.feature_names,
         groups=groups,
+        weights=weights,
     )
 
 
@@ -300,6 +306,7 @@ def encode_table(raw: RawData, train: np.ndarray, fitted=None) -> RawData:
         encode=encoder,
         feature_names=raw.feature_names,
         groups=raw.groups,
+        weights=raw.weights,
     )
 
 

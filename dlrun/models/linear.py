@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from dlrun.config import ModelConfig, setting
-from dlrun.estimators import Estimator
+from dlrun.estimators import SkopsEstimator
 from dlrun.registry import register_model
 
 log = logging.getLogger("dlrun")
@@ -36,7 +36,10 @@ class LinearConfig(ModelConfig):
 TRUSTED_TYPES: list[str] = []
 
 
-class Linear(Estimator):
+class Linear(SkopsEstimator):
+    trusted = TRUSTED_TYPES
+    what = "linear model"
+
     def fit(self, splits, conf, run_dir: Path):
         """The shared fit, with scikit-learn's multi-line ConvergenceWarning said as one line
         that names the setting to change."""
@@ -60,32 +63,6 @@ class Linear(Estimator):
                 hint,
             )
         return result
-
-    def save(self, ckpt_dir: Path) -> Path:
-        import skops.io
-
-        from dlrun.checkpoints import atomic_write
-
-        path = ckpt_dir / "model.skops"
-        atomic_write(path, lambda f: f.write(skops.io.dumps(self.model)))
-        return path
-
-    def load(self, ckpt_dir: Path) -> None:
-        import skops.io
-
-        from dlrun.errors import UserError, first_line, unreadable
-
-        path = ckpt_dir / "model.skops"
-        if not path.is_file():
-            raise UserError(f"{path} does not exist: no linear model was saved in this run.")
-        try:
-            self.model = skops.io.load(path, trusted=TRUSTED_TYPES)
-        except skops.io.exceptions.UntrustedTypesFoundException as ex:
-            raise UserError(
-                f"{path} holds types dlrun does not trust; it was not loaded ({ex})."
-            ) from None
-        except Exception as ex:  # a damaged zip, schema or array fails in any of skops' readers
-            raise unreadable(path, first_line(ex)) from None
 
     def size(self) -> int:
         """Learned coefficients: the weights (K or 1 rows of F) and the intercepts."""

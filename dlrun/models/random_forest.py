@@ -4,11 +4,10 @@ Saved with skops, which loads only the types it is told to trust."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from dlrun.config import ModelConfig, setting
-from dlrun.estimators import Estimator
+from dlrun.estimators import SkopsEstimator
 from dlrun.registry import register_model
 
 
@@ -31,32 +30,9 @@ class RandomForestConfig(ModelConfig):
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
 
-class Forest(Estimator):
-    def save(self, ckpt_dir: Path) -> Path:
-        import skops.io
-
-        from dlrun.checkpoints import atomic_write
-
-        path = ckpt_dir / "model.skops"
-        atomic_write(path, lambda f: f.write(skops.io.dumps(self.model)))
-        return path
-
-    def load(self, ckpt_dir: Path) -> None:
-        import skops.io
-
-        from dlrun.errors import UserError, first_line, unreadable
-
-        path = ckpt_dir / "model.skops"
-        if not path.is_file():
-            raise UserError(f"{path} does not exist: no random forest was saved in this run.")
-        try:
-            self.model = skops.io.load(path, trusted=TRUSTED_TYPES)
-        except skops.io.exceptions.UntrustedTypesFoundException as ex:
-            raise UserError(
-                f"{path} holds types dlrun does not trust; it was not loaded ({ex})."
-            ) from None
-        except Exception as ex:  # a damaged zip, schema or array fails in any of skops' readers
-            raise unreadable(path, first_line(ex)) from None
+class Forest(SkopsEstimator):
+    trusted = TRUSTED_TYPES
+    what = "random forest"
 
     def size(self) -> int:
         return int(sum(tree.tree_.node_count for tree in self.model.estimators_))

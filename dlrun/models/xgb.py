@@ -49,7 +49,7 @@ class Boosted(Estimator):
         from dlrun.report import fit_progress
         from dlrun.weights import sample_weights
 
-        weight = sample_weights(conf, self.spec, y)  # trainer.class_weight
+        weight = sample_weights(conf, self.spec, y, self.row_weights)  # class and row weights
         started = time.perf_counter()
         total = self.model.n_estimators
         with fit_progress("boosting rounds", total) as update:

@@ -8,6 +8,11 @@ import torch.nn.functional as F  # imported when a network trains, never for --h
 from dlrun.objectives import Objective, forward
 
 
+def weighted(losses, batch: dict):
+    """Each sample's loss times its row's weight (data.sample_weight), when the batch has one."""
+    return losses * batch["w"] if "w" in batch else losses
+
+
 class Classification(Objective):
     """Cross-entropy on (x, y); accuracy, macro F1 and log-loss on validation and test."""
 
@@ -32,10 +37,10 @@ class Classification(Objective):
         losses = F.cross_entropy(logits, batch["y"], reduction="none")  # (B,)
         if self.weights is not None:
             losses = losses * self._weights(logits.device)[batch["y"]]
-        return losses
+        return weighted(losses, batch)
 
     def mean_loss(self, model, batch: dict, phase: str = "main"):
-        if self.weights is not None:  # the mean of the weighted losses, as the sum over ranks
+        if self.weights is not None or "w" in batch:  # the mean of the weighted losses
             return self.loss(model, batch, phase).mean()
         return F.cross_entropy(forward(model, batch).float(), batch["y"])
 
@@ -91,9 +96,12 @@ class Regression(Objective):
     def loss(self, model, batch: dict, phase: str = "main"):
         out = forward(model, batch).float()  # (B, T)
         error = F.mse_loss if self.kind == "mse" else F.l1_loss
-        return error(out, batch["y"].reshape(out.shape), reduction="none").mean(dim=1)  # (B,)
+        losses = error(out, batch["y"].reshape(out.shape), reduction="none").mean(dim=1)  # (B,)
+        return weighted(losses, batch)
 
     def mean_loss(self, model, batch: dict, phase: str = "main"):
+        if "w" in batch:  # data.sample_weight
+            return self.loss(model, batch, phase).mean()
         out = forward(model, batch).float()  # (B, T): every sample has T values, so one mean
         error = F.mse_loss if self.kind == "mse" else F.l1_loss
         return error(out, batch["y"].reshape(out.shape))
