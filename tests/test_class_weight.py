@@ -163,3 +163,18 @@ def test_weighted_losses_and_bad_weight_columns(tmp_path, poisoned):
     with pytest.raises(UserError, match="data.sample_weight: 'weight' is not a column"):
         train(tmp_path, *table, "data.sample_weight=weight")
     assert not (tmp_path / "run").exists()
+
+
+def test_row_weights_stream_from_a_parquet_file_as_in_memory(tmp_path, poisoned):
+    """A Parquet table read in parts and streamed by DataLoader workers trains with its row
+    weights exactly as the same table in memory."""
+    import pandas as pd
+
+    path = tmp_path / "poisoned.parquet"
+    pd.read_csv(poisoned).to_parquet(path, row_group_size=200)
+    table = ("data=parquet", f"data.path={path}", "data.target=label", "data.split_column=part")
+    args = (*table, "data.sample_weight=w", "trainer.max_epochs=3", "trainer.workers=1")
+    memory, _ = train(tmp_path, *args, "data.load=memory", name="memory")
+    streamed, _ = train(tmp_path, *args, "data.load=stream", name="streamed")
+    assert streamed["test"]["accuracy"] == memory["test"]["accuracy"] >= 0.9
+    assert streamed["val"]["loss"] == pytest.approx(memory["val"]["loss"], rel=1e-6)
