@@ -160,6 +160,12 @@ class SchedConfig:
 @dataclass
 class LoggerConfig:
     name: str = MISSING
+    also: list[str] = field(default_factory=list)  # other loggers beside it, with their defaults
+
+    def problems(self) -> list[str]:
+        from dlrun.loggers import logger_problems
+
+        return logger_problems(self)
 
 
 @dataclass

@@ -420,6 +420,9 @@ class RunFolders(Callback):
             check_launcher(config.hydra)
             planned = planned_jobs(config)
             claim_sweep(Path(str(config.hydra.sweep.dir)), planned)
+        from dlrun.loggers import start_sweep
+
+        start_sweep(config, _key(Path(str(config.hydra.sweep.dir))))  # logger=mlflow: its run
         if "submitit" in str(config.hydra.launcher.get("_target_", "")):
             from dlrun.sweep import Watch  # its jobs' lines go to files: say how far they are
 
@@ -438,3 +441,6 @@ class RunFolders(Callback):
         finish_sweep(sweep_dir)
         release(sweep_dir)
         sweep.report(sweep_dir)
+        from dlrun.loggers import end_sweep
+
+        end_sweep(config, sweep_dir)

@@ -110,7 +110,7 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
 
         from dlrun.loggers import open_logger
 
-        logger = open_logger(conf.logger if main else None, run_dir)
+        logger = open_logger(conf.logger if main else None, run_dir, conf.task_name)
         try:
             if entry.family == "torch":
                 fitted = fit_network(prep, conf, run_dir, logger, resume)
@@ -124,6 +124,7 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
             if not main:
                 raise
             stopped = record_stop(run_dir, conf, ex, started)
+            logger.stop(getattr(stopped, "status", "failed"))
             if stopped is not ex:
                 raise stopped from None
             raise
@@ -131,13 +132,13 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
         if main:
             from dlrun import plots
 
-            logger.close(OmegaConf.to_container(cfg, resolve=True), summary)
             history, monitor = fitted.result.history, conf.trainer.early_stopping.monitor
             title = f"{summary['model']} on {summary['data']}, {run_name(run_dir)}"
             curves = plots.plot_curves(history, monitor, title, summary["best_epoch"])
             plots.save(curves, run_dir / "curves.png")
             summary.update(fitted.pictures(run_dir) or {})  # the model's own: predictions, ...
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
+            logger.close(OmegaConf.to_container(cfg, resolve=True), summary, run_dir)
             log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
             print_summary(summary, prep.entry.family)
         distributed.barrier()

@@ -263,7 +263,7 @@ def test_every_unknown_option_is_reported_at_once(tmp_path):
         f"model: 'mlpp' is not a model. Choose one of: {MODEL_NAMES}. Did you mean 'mlp'?",
         "optim: 'adamm' is not an optimizer. Choose one of: adagrad, adam, adamw, momentum, "
         "nesterov, rmsprop, sgd. Did you mean 'adam'?",
-        "logger: 'tensorbord' is not a logger. Choose one of: none, tensorboard. "
+        "logger: 'tensorbord' is not a logger. Choose one of: csv, mlflow, none, tensorboard. "
         "Did you mean 'tensorboard'?",
     )
     # a user's config folder adds options; a sweep's list is checked item by item
