@@ -332,14 +332,31 @@ def _picture(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
 
 
-def plot_leaderboard(names: list[str], values: list[float], metric: str, test=None, mode="min"):
+def plot_leaderboard(
+    names: list[str], values: list[float], metric: str, test=None, mode="min", spread=None
+):
     """One group of bars per job, in leaderboard order: the ranking metric on validation and,
-    when given, the same metric on the test split; the direction in the title."""
+    when given, the same metric on the test split; the direction in the title. `spread`
+    (cross-validated jobs: (the standard deviation over the folds of each, the folds' count))
+    draws each mean's ± std as an error bar."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 4), constrained_layout=True)
     x = np.arange(len(names))
     width = 0.4 if test is not None else 0.8
-    ax.bar(x - (width / 2 if test is not None else 0), values, width, label=metric)
+    label, errors = metric, None
+    if spread is not None:
+        errors = [np.nan if s is None else s for s in spread[0]]
+        label = f"{metric}: mean ± std of {spread[1]} folds"
+    ax.bar(
+        x - (width / 2 if test is not None else 0),
+        values,
+        width,
+        label=label,
+        yerr=errors,
+        capsize=4 if errors is not None else 0,
+    )
+    if errors is not None and test is None:
+        ax.legend(fontsize=8, loc="upper right")
     if test is not None:
         tested = [np.nan if v is None else v for v in test]
         ax.bar(x + width / 2, tested, width, color="tab:orange", label=f"test_{metric[4:]}")

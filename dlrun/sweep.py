@@ -311,8 +311,14 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
         metric = ranked["metric"]
         twin = test_twin(metric)
         test = [r.get(twin) for r in ok] if metric.startswith("val_") and twin in columns else None
+        spread = None
+        if any(f"{metric}_std" in r for r in ok):  # cross-validated: each mean's spread
+            runs = {
+                r["_cv_setup"]["folds"] * r["_cv_setup"]["repeats"] for r in ok if "_cv_setup" in r
+            }
+            spread = ([r.get(f"{metric}_std") for r in ok], "/".join(map(str, sorted(runs))))
         figure = plots.plot_leaderboard(
-            names, [r[metric] for r in ok], metric, test, ranked["mode"]
+            names, [r[metric] for r in ok], metric, test, ranked["mode"], spread
         )
         plots.save(figure, sweep_dir / "leaderboard.png")
         write_best(sweep_dir, ok[0], ranked)

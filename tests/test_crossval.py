@@ -235,10 +235,18 @@ def test_a_leaderboard_of_cross_validated_jobs_says_which_differences_are_noise(
     console = Console(width=100, record=True)
     real = sweep._print
     sweep._print = lambda *a: real(*a, console=console)
+    import dlrun.plots
+
+    drawn, plot = {}, dlrun.plots.plot_leaderboard
+    dlrun.plots.plot_leaderboard = lambda *a: drawn.update(args=a) or plot(*a)
     try:
         rows = sweep.report(tmp_path)
     finally:
         sweep._print = real
+        dlrun.plots.plot_leaderboard = plot
+    # the picture draws each mean with its spread over the folds
+    stds = [np.std(f, ddof=1) for f in ([0.97, 1, 0.97, 1, 0.97], [0.93, 0.97, 0.93, 0.97, 0.93])]
+    assert drawn["args"][5][0][:2] == pytest.approx(stds) and drawn["args"][5][1] == "5"
     assert [r["job"] for r in rows] == ["1", "2", "0"]  # by the folds' mean, not val.accuracy
     said = console.export_text()
     assert all(len(line) <= 100 for line in said.splitlines())

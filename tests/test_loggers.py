@@ -72,7 +72,9 @@ def test_a_tracking_error_is_a_warning_and_the_run_completes(tmp_path, caplog):
     )
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+# joblib's parallel jobs are the harder case (one SQLite store, three writers); the in-process
+# launcher runs the same code one job at a time: slow suite
+@pytest.mark.parametrize("launcher", [pytest.param("basic", marks=pytest.mark.slow), "joblib"])
 def test_a_sweep_is_a_parent_run_with_a_child_run_per_job(tmp_path, launcher):
     store = tmp_path / "mlflow.db"
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"] if launcher == "joblib" else []
