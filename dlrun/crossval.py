@@ -15,6 +15,7 @@ was training continues from its last epoch, and the folds after it and the refit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -55,6 +56,12 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
         folders.claim_run(run_dir)
     try:
         summaries = []
+        log.info(
+            "cross-validation: %d folds%s of the rows outside the test split, each a run in %s",
+            cv.folds,
+            f" x {cv.repeats} repeats" if cv.repeats > 1 else "",
+            run_dir / FOLDS,
+        )
         for index in range(total):
             try:
                 summaries.append(run_fold(cfg, run_dir, index, cv))
@@ -67,6 +74,7 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
         scores = fold_scores(summaries, cv, conf.data.split_seed)
         log.info("cross-validation, %s", describe(scores, conf))
         if cv.refit:
+            log.info("the refit: the one split (train / val), scored on the test split once")
             refit = fold_cfg(cfg, None, resume=resumable(run_dir))
             from dlrun.runner import run
 
@@ -123,8 +131,34 @@ def run_fold(cfg, run_dir: Path, index: int, cv) -> dict:
     resume = resumable(where)
     if resume is None and where.exists():  # stopped before its first epoch: nothing to keep
         shutil.rmtree(where)
-    log.info("%s (run %d of %d): %s", said, index + 1, cv.folds * cv.repeats, where)
-    return run(fold_cfg(cfg, index, resume), where, part="fold")
+    with quiet_console():  # the fold's log goes to its train.log; one line here
+        summary = run(fold_cfg(cfg, index, resume), where, part="fold")
+    from dlrun.report import number
+
+    scores = "  ".join(f"{k} {number(v)}" for k, v in summary["val"].items())
+    kept = f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+    if summary.get("family") != "torch":
+        kept = ""
+    log.info("%s: validation %s (%s%.1f s)", said, scores, kept, summary["wall_time_s"])
+    return summary
+
+
+@contextlib.contextmanager
+def quiet_console():
+    """While a fold trains, dlrun's INFO lines reach its train.log but not the terminal (its
+    warnings still do): ten folds would print ten runs' worth of lines."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("dlrun") and record.levelno < logging.WARNING)
+
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 def resumable(run_dir: Path) -> str | None:

@@ -68,7 +68,7 @@ def run(cfg: DictConfig, run_dir: Path | str, part: str | None = None) -> dict:
         if resume is not None:
             check_same_experiment(resume.get("config", {}), conf, path)
             check_unchanged(run_dir, prep, conf)
-        return train_and_record(cfg, conf, prep, run_dir, resume, main, started)
+        return train_and_record(cfg, conf, prep, run_dir, resume, main, started, part)
     except BaseException:
         scratch.close()  # first: a folder holding only scratch/ is still unused
         folders.discard_if_unused(given)  # a folder that holds nothing of the run's own
@@ -78,8 +78,11 @@ def run(cfg: DictConfig, run_dir: Path | str, part: str | None = None) -> dict:
         folders.release(run_dir)
 
 
-def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started: float) -> dict:
-    """Fit, evaluate and write the run folder; a run that stops early records why."""
+def train_and_record(
+    cfg, conf, prep, run_dir: Path, resume, main: bool, started: float, part=None
+) -> dict:
+    """Fit, evaluate and write the run folder; a run that stops early records why. A fold of a
+    cross-validated run (`part` fold) prints no table of its own."""
     from dlrun import distributed, folders
     from dlrun.report import print_summary, run_log
 
@@ -140,7 +143,8 @@ def train_and_record(cfg, conf, prep, run_dir: Path, resume, main: bool, started
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
             logger.close(OmegaConf.to_container(cfg, resolve=True), summary, run_dir)
             log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
-            print_summary(summary, prep.entry.family)
+            if part != "fold":
+                print_summary(summary, prep.entry.family)
         distributed.barrier()
         return summary
 
