@@ -198,3 +198,31 @@ def test_a_sweeps_progress_is_read_from_its_job_folders(tmp_path):
     )
     assert state == (3, 1, (("2", "epoch 4/30"), ("3", "starting")))
     assert progress_line(tmp_path, None)[1].startswith("3 jobs finished (1 failed); running:")
+
+
+ROOT = Path(__file__).parent.parent
+SEARCHES = sorted(p.stem for p in (ROOT / "configs" / "hparams_search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_each_search_names_its_task_and_searches_keys_its_model_has(search):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dlrun.catalog import load_catalog
+    from dlrun.validate import validate
+
+    load_catalog()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("train", [f"hparams_search={search}"], return_hydra_config=True)
+        again = compose(
+            "train", [f"hparams_search={search}", "task_name=mine", "trainer.max_epochs=3"]
+        )
+    assert cfg.task_name == search  # the search's own task_name, not train.yaml's
+    assert search.startswith(cfg.model.name) and cfg.hydra.sweeper.study_name == search
+    assert again.task_name == "mine" and again.trainer.max_epochs == 3  # the command line wins
+    absent = object()
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key, default=absent) is not absent, key
+    del cfg.hydra
+    validate(cfg)  # a valid config as the search starts it
