@@ -25,13 +25,21 @@ class Steps:
         shape = (len(self.phases), batches.steps)
         self.losses = torch.zeros(shape, device=device)  # each step's mean loss, by phase
         self.norms = torch.zeros(shape, device=device)  # gradient norm before clipping
+        # classes: each step's correctly classified training samples (train_accuracy)
+        self.correct = None
+        if hasattr(objective, "counting") and len(set(self.phases)) == 1:
+            objective.counting = True
+            self.correct = torch.zeros(batches.steps, device=device)
         self.graphs = None
+        self.at = None  # the step being taken, a (1,) device index (the counter when captured)
+        self.steps_index = torch.arange(batches.steps, device=device)
         if state.graphed:
             self._capture_setup()
 
     def train_step(self, batch: dict, global_batch: int):
         """Every phase once on this rank's part of a global batch; (losses, norms) as (P,)
-        device tensors, with no host synchronisation."""
+        device tensors, with no host synchronisation (the batch's correct predictions, when
+        counted, go into `self.correct` at `self.at`)."""
         if self.channels_last and batch["x"].ndim == 4:
             batch = {**batch, "x": batch["x"].contiguous(memory_format=torch.channels_last)}
         tcfg, scaler, graphed = self.tcfg, self.state.scaler, self.state.graphed
@@ -64,6 +72,8 @@ class Steps:
                 optimizer.step()
             losses.append(loss.detach())
             norms.append(norm.to(self.norms.dtype))
+        if self.correct is not None:  # a device copy, no sync: read with the epoch's numbers
+            self.correct.index_copy_(0, self.at, self.objective.step_correct().reshape(1).float())
         if len(losses) == 1:  # views, no kernel: the common step stays as lean as it was
             return losses[0].reshape(1), norms[0].reshape(1)
         return torch.stack(losses), torch.stack(norms)
@@ -87,6 +97,8 @@ class Steps:
                     break
             return done
         for step, (batch, size) in enumerate(self.batches.epoch(perm)):
+            if self.correct is not None:
+                self.at = self.steps_index[step : step + 1]
             losses, norms = self.train_step(batch, size)
             self.losses.select(1, step).copy_(losses)  # small device copies, no sync
             self.norms.select(1, step).copy_(norms)
@@ -101,7 +113,7 @@ class Steps:
         """The epoch's one host synchronisation: each phase's mean training loss (over every
         sample of the epoch; DDP ranks each hold their part of every mean) and its gradient
         norms. Keys: train_loss, grad_norm, grad_norm_max, clip_frac (one phase), or the same
-        with /<phase> (several)."""
+        with /<phase> (several); train_accuracy for classes."""
         import torch
 
         from dlrun import distributed
@@ -124,6 +136,9 @@ class Steps:
                 share = (norms > self.tcfg.clip.max_norm).float().mean().item()
                 numbers[f"clip_frac{suffix}"] = share
             numbers[f"grad_norm_max{suffix}"] = peak.item()
+        if self.correct is not None:  # the training batches as they trained (dropout on)
+            correct = distributed.all_sum(self.correct[:done].sum())
+            numbers["train_accuracy"] = (correct / self.batches.seen).item()
         return numbers
 
     def first_nonfinite(self) -> int:
@@ -156,6 +171,7 @@ class Steps:
                 idx = rows.index_select(0, self.counter).view(-1)
             else:
                 idx = self.order[full * batches.batch :]
+            self.at = self.counter
             losses, norms = self.train_step(batches.fetch(idx), size)
             self.losses.index_copy_(1, self.counter, losses.reshape(-1, 1))
             self.norms.index_copy_(1, self.counter, norms.reshape(-1, 1))

@@ -276,6 +276,7 @@ def test_plots_are_pngs_drawn_from_the_run(tmp_path):
     figure = plot_curves(records, "val_loss", "mlp on digits, train/x", best=summary["best_epoch"])
     right = {line.get_label(): list(line.get_ydata()) for line in figure.axes[1].lines}
     assert right["val_accuracy"] == [r["val_accuracy"] for r in records]
+    assert right["train_accuracy"] == [r["train_accuracy"] for r in records]  # beside it
     kept = f"best epoch {summary['best_epoch']} (by val_loss)"
     assert right[kept] == [0, 1]  # a vertical line
     assert kept in [line.get_label() for line in figure.axes[0].lines]
@@ -535,3 +536,21 @@ def test_permutation_importance_finds_the_feature_a_network_uses(tmp_path):
         train(tmp_path, "model=lenet5", "trainer.permutation_importance=true", name="image")
     assert "digits is image data, not a table of features" in str(refused.value)
     assert not (tmp_path / "image").exists()
+
+
+def test_train_accuracy_counts_the_training_batches_as_they_trained(tmp_path):
+    """With the whole training split in one batch (no dropout), epoch 2's train_accuracy is the
+    accuracy on the training rows of the model epoch 1 ended with."""
+    from dlrun.use import Trained
+
+    args = ("data=iris", "trainer.batch_size=1000", "trainer.early_stopping.monitor=val_accuracy")
+    _, one = train(tmp_path, *args, "trainer.max_epochs=1", name="one")
+    _, two = train(tmp_path, *args, "trainer.max_epochs=2", name="two")
+    trained = Trained(one, with_data=True)
+    x, y = trained.prep.splits["train"]
+    accuracy = float((trained.outputs(x).argmax(axis=1) == y).mean())
+    assert read_metrics(two)[1]["train_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert 0 < read_metrics(two)[0]["train_accuracy"] < 1
+    # regression and the GAN's phases record none
+    _, regression = train(tmp_path, "data=diabetes", "trainer.max_epochs=1", name="regression")
+    assert "train_accuracy" not in read_metrics(regression)[0]

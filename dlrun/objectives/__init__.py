@@ -52,6 +52,11 @@ class Objective(abc.ABC):
     def mean_loss(self, model, batch: dict, phase: str):
         return self.loss(model, batch, phase).mean()
 
+    def step_correct(self):
+        """The training batch's correctly classified samples in the step just taken, a 0-d
+        device tensor (read with the epoch's other numbers); None: nothing to count."""
+        return None
+
     def optim_config(self, phase: str, optim):
         """The optimizer settings of a phase (the `optim` group's, unless the objective has its
         own per network, as a GAN does)."""

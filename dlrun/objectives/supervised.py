@@ -27,13 +27,27 @@ class Classification(Objective):
         # test scores are not weighted)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
 
+    # set by the loop when it records train_accuracy: each step's loss also counts the batch's
+    # correct predictions (argmax and a sum on the device; read once an epoch)
+    counting = False
+    correct = None
+
+    def _logits(self, model, batch: dict):
+        logits = forward(model, batch).float()  # (B, K)
+        if self.counting:
+            self.correct = (logits.detach().argmax(dim=1) == batch["y"]).sum()
+        return logits
+
+    def step_correct(self):
+        return self.correct if self.counting else None
+
     def _weights(self, device):
         if self.weights.device != device:  # moved once, before any step is captured
             self.weights = self.weights.to(device)
         return self.weights
 
     def loss(self, model, batch: dict, phase: str = "main"):
-        logits = forward(model, batch).float()  # (B, K)
+        logits = self._logits(model, batch)
         losses = F.cross_entropy(logits, batch["y"], reduction="none")  # (B,)
         if self.weights is not None:
             losses = losses * self._weights(logits.device)[batch["y"]]
@@ -42,7 +56,7 @@ class Classification(Objective):
     def mean_loss(self, model, batch: dict, phase: str = "main"):
         if self.weights is not None or "w" in batch:  # the mean of the weighted losses
             return self.loss(model, batch, phase).mean()
-        return F.cross_entropy(forward(model, batch).float(), batch["y"])
+        return F.cross_entropy(self._logits(model, batch), batch["y"])
 
     def evaluate(self, model, x, y, lengths=None) -> dict[str, float]:
         from dlrun.metrics import compute_metrics
