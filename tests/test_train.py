@@ -17,6 +17,7 @@ from dlrun.optim import OPTIMIZERS
 EPOCH_KEYS = {
     "epoch",
     "train_loss",
+    "train_accuracy",
     "val_loss",
     "val_accuracy",
     "val_f1_macro",
