@@ -168,7 +168,10 @@ def test_xgboost_on_the_gpu(tmp_path):
 @pytest.mark.parametrize(
     "model, keys",
     [
-        ("mlp", ("train_loss", "val_loss", "grad_norm", "grad_norm_max", "clip_frac")),
+        (
+            "mlp",
+            ("train_loss", "train_accuracy", "val_loss", "grad_norm", "grad_norm_max", "clip_frac"),
+        ),
         (
             "gan",
             ("train_loss/disc", "train_loss/gen", "grad_norm/disc", "grad_norm/gen", "val_fid"),
