@@ -57,9 +57,8 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
     try:
         summaries = []
         log.info(
-            "cross-validation: %d folds%s of the rows outside the test split, each a run in %s",
-            cv.folds,
-            f" x {cv.repeats} repeats" if cv.repeats > 1 else "",
+            "cross-validation: %s of the rows outside the test split, each a run in %s",
+            runs_label(cv.folds, cv.repeats),
             run_dir / FOLDS,
         )
         for index in range(total):
@@ -72,7 +71,7 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
                     signal.Signals[ex.signal],
                 ) from None
         scores = fold_scores(summaries, cv, conf.data.split_seed)
-        log.info("cross-validation, %s", describe(scores, conf))
+        log.info("cross-validation, %s", describe(scores))
         if cv.refit:
             log.info("the refit: the one split (train / val), scored on the test split once")
             refit = fold_cfg(cfg, None, resume=resumable(run_dir))
@@ -80,7 +79,7 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
 
             summary = run(refit, run_dir, part="refit")
         else:
-            summary = folds_only_summary(conf, summaries, scores, run_dir, started)
+            summary = folds_only_summary(conf, summaries, scores, run_dir)
         summary.update(scores)
         summary["wall_time_s"] = time.perf_counter() - started  # the folds' runs and the refit
         write_json(run_dir / "summary.json", summary)
@@ -202,21 +201,27 @@ def fold_scores(summaries: list[dict], cv, split_seed: int) -> dict:
     return {"cv": metrics, "cv_setup": setup}
 
 
-def describe(scores: dict, conf) -> str:
-    """'5 folds x 2: val accuracy 0.9612 ± 0.0123, loss ...' for the log."""
+def runs_label(folds: int, repeats: int) -> str:
+    """'5 folds', or '2 folds x 5' with repeats."""
+    return f"{folds} folds" + (f" x {repeats}" if repeats > 1 else "")
+
+
+def describe(scores: dict) -> str:
+    """'5 folds x 2, validation: accuracy 0.9612 ± 0.0123, loss ...' for the log."""
     from dlrun.report import number
 
     setup = scores["cv_setup"]
-    runs = f"{setup['folds']} folds" + (f" x {setup['repeats']}" if setup["repeats"] > 1 else "")
+    runs = runs_label(setup["folds"], setup["repeats"])
     shown = ", ".join(
         f"{name} {number(m['mean'])} ± {number(m['std'])}" for name, m in scores["cv"].items()
     )
     return f"{runs}, validation: {shown}"
 
 
-def folds_only_summary(conf, summaries, scores, run_dir: Path, started: float) -> dict:
+def folds_only_summary(conf, summaries, scores, run_dir: Path) -> dict:
     """summary.json of a run that cross-validated without a refit: no model of its own, no
-    test scores; the monitored metric is the mean over the folds."""
+    test scores; the monitored metric is the mean over the folds (its wall time: the
+    caller's, over every fold)."""
     stopping = conf.trainer.early_stopping
     name = stopping.monitor.removeprefix("val_")
     first = summaries[0]
@@ -238,7 +243,6 @@ def folds_only_summary(conf, summaries, scores, run_dir: Path, started: float) -
         "val": {k: m["mean"] for k, m in scores["cv"].items()},
         "test": {},
         "params": first["params"],
-        "wall_time_s": time.perf_counter() - started,
         "run_dir": str(run_dir),
         "health": [],
     }
@@ -252,7 +256,7 @@ def print_cv(summary: dict) -> None:
     from dlrun.report import number
 
     setup = summary["cv_setup"]
-    runs = f"{setup['folds']} folds" + (f" x {setup['repeats']}" if setup["repeats"] > 1 else "")
+    runs = runs_label(setup["folds"], setup["repeats"])
     table = Table()
     for column in ("metric", "mean ± std", "min", "max"):
         table.add_column(column, justify="left" if column == "metric" else "right")

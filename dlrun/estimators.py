@@ -25,12 +25,11 @@ class Estimator(abc.ABC):
     def fit(self, splits, conf, run_dir: Path) -> FitResult:
         x, y = splits["train"]
         from dlrun.report import fit_progress
-
-        trees = getattr(self.model, "n_estimators", None)
-        started = time.perf_counter()
         from dlrun.weights import sample_weights
 
         weight = sample_weights(conf, self.spec, y, self.row_weights)  # class and row weights
+        trees = getattr(self.model, "n_estimators", None)
+        started = time.perf_counter()
         with fit_progress(f"fitting {trees} trees" if trees else "fitting"):
             self.model.fit(x, y, **({} if weight is None else {"sample_weight": weight}))
         elapsed = time.perf_counter() - started

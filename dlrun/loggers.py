@@ -381,9 +381,7 @@ def mlflow_config(cfg) -> MLflowConfig | None:
     if cfg is None:
         return None
     if cfg.name == "mlflow":
-        known = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()}
-        known.pop("also", None)
-        return MLflowConfig(**{k: v for k, v in known.items() if k != "name"})
+        return OmegaConf.to_object(cfg)  # the structured node: an MLflowConfig
     if "mlflow" in list(cfg.get("also", [])):
         return MLflowConfig()
     return None

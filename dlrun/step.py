@@ -32,7 +32,8 @@ class Steps:
             self.correct = torch.zeros(batches.steps, device=device)
         self.graphs = None
         self.at = None  # the step being taken, a (1,) device index (the counter when captured)
-        self.steps_index = torch.arange(batches.steps, device=device)
+        if self.correct is not None:  # each eager step's index, sliced without a kernel
+            self.steps_index = torch.arange(batches.steps, device=device)
         if state.graphed:
             self._capture_setup()
 

@@ -189,8 +189,6 @@ def progress_line(sweep_dir: Path, planned: int | None) -> tuple[tuple, str]:
     """Where a sweep's jobs stand, read from their folders: (what changed is compared on,
     "2 of 6 jobs finished (1 failed); running: job 3 epoch 4/30, job 4 starting; best so far:
     ...")."""
-    import yaml as _yaml
-
     finished, failed, running = 0, 0, []
     for job in job_dirs(Path(sweep_dir)):
         try:
@@ -210,7 +208,7 @@ def progress_line(sweep_dir: Path, planned: int | None) -> tuple[tuple, str]:
             running.append((job.name, "starting"))
             continue
         try:
-            config = _yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+            config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
             of = f"/{config['trainer']['max_epochs']}"
         except (OSError, ValueError, KeyError, TypeError):
             of = ""
