@@ -74,6 +74,9 @@ class ModelConfig:
     init_part: Optional[str] = None
 
 
+ALL_ROWS = -1  # data.cv.fold of the refit: every row outside the test split trains
+
+
 @dataclass
 class CVConfig:
     """Cross-validation (dlrun.crossval): the non-test rows in `folds` folds, `repeats` times
@@ -81,7 +84,9 @@ class CVConfig:
 
     folds: Optional[int] = setting(None, lo=2)  # null: one split, no cross-validation
     repeats: int = setting(1, lo=1)  # new seeded folds each repeat (5x2 = folds 2, repeats 5)
-    refit: bool = True  # then the model of one split (train / val), scored on the test split
+    # then one model trained on every non-test row (the folds' median best epoch or round),
+    # scored on the test split once
+    refit: bool = True
     # a table's column of groups (a patient, a site): a group's rows stay in one fold, and in one
     # of train / val / test; null: rows are independent
     group: Optional[str] = None
@@ -89,13 +94,18 @@ class CVConfig:
     # fold trains on the rows before its validation block (scikit-learn's TimeSeriesSplit)
     time: bool = False
     # which fold a fold's own run trains (0 .. folds x repeats - 1), set by the run that
-    # cross-validates; null: every fold (a run of its own: data.cv.fold=3 trains that one)
-    fold: Optional[int] = setting(None, lo=0)
+    # cross-validates; null: every fold (a run of its own: data.cv.fold=3 trains that one);
+    # ALL_ROWS (-1): the refit's, every non-test row trains and there is no validation part
+    fold: Optional[int] = setting(None, lo=ALL_ROWS)
+    # the refit's epochs of a network (the folds' median best epoch), set by the run that
+    # cross-validates: the refit follows trainer.max_epochs' schedules and stops after these
+    epochs: Optional[int] = setting(None, lo=1)
 
     def problems(self) -> list[str]:
         if self.folds is None:
             for key, unset in (
                 ("fold", self.fold is None),
+                ("epochs", self.epochs is None),
                 ("repeats", self.repeats == 1),
                 ("group", self.group is None),
                 ("time", not self.time),

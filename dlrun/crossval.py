@@ -4,9 +4,11 @@ The rows outside the test split are cut into K folds (dlrun.data.cv_folds: strat
 classes, seeded, the same for every model), R times. Each fold is a run of its own in
 `folds/<n>/` of the run folder: trained on the other folds, its fold as the validation part
 (scores, early stopping, best checkpoint), with everything a run writes. Then, with
-`data.cv.refit` (the default), the run folder itself holds the model of the one split without
-cross-validation, scored once on the test split: what `dlrun-eval`, `dlrun-predict` and
-`dlrun-export` use. `summary.json` gains `cv`: each validation metric's mean, standard
+`data.cv.refit` (the default), the run folder itself holds one model trained on every row
+outside the test split, for as long as the folds found best (their median best epoch or
+boosting round; there is no validation part left to stop it), scored once on the test split:
+what `dlrun-eval`, `dlrun-predict` and `dlrun-export` use. Its `val` scores are the folds'
+means. `summary.json` gains `cv`: each validation metric's mean, standard
 deviation and per-fold values, and `cv_setup`.
 
 A stopped run continues with `trainer.resume=RUN_DIR`: finished folds are kept, the fold that
@@ -73,16 +75,21 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
         scores = fold_scores(summaries, cv, conf.data.split_seed)
         log.info("cross-validation, %s", describe(scores))
         if cv.refit:
-            log.info("the refit: the one split (train / val), scored on the test split once")
-            refit = fold_cfg(cfg, None, resume=resumable(run_dir))
+            refit = refit_cfg(cfg, summaries, resumable(run_dir))
             from dlrun.runner import run
 
             summary = run(refit, run_dir, part="refit")
+            summary["val"] = {k: m["mean"] for k, m in scores["cv"].items()}
+            summary["monitor"]["best"] = summary["val"].get(monitor_name(conf))
         else:
             summary = folds_only_summary(conf, summaries, scores, run_dir)
         summary.update(scores)
         summary["wall_time_s"] = time.perf_counter() - started  # the folds' runs and the refit
         write_json(run_dir / "summary.json", summary)
+        if cv.refit:
+            from dlrun.report import print_summary
+
+            print_summary(summary, summary["family"])
         print_cv(summary)
         return summary
     except BaseException:
@@ -179,6 +186,41 @@ def fold_cfg(cfg, index: int | None, resume: str | None):
     return sub
 
 
+def refit_cfg(cfg, summaries: list[dict], resume: str | None):
+    """The refit's config: every row outside the test split trains (data.cv.fold ALL_ROWS),
+    with no validation part to stop it: a network for the folds' median best epoch
+    (data.cv.epochs), XGBoost for their median best round (model.n_estimators); no early
+    stopping, no health probes (they watch the validation split)."""
+    from dlrun.config import ALL_ROWS
+
+    sub = fold_cfg(cfg, ALL_ROWS, resume)
+    best = [s["best_epoch"] for s in summaries if s.get("best_epoch")]
+    kept = max(1, round(statistics.median(best))) if best else None
+    rows = sum(summaries[0]["rows"][k] for k in ("train", "val"))
+    family = summaries[0].get("family")
+    if family == "torch":
+        OmegaConf.update(sub, "data.cv.epochs", kept)
+        said = f"{kept} epochs (the folds' median best epoch)"
+    elif summaries[0]["epochs_run"] > 1 and kept is not None:  # boosting rounds (XGBoost)
+        OmegaConf.update(sub, "model.n_estimators", kept)
+        said = f"{kept} rounds (the folds' median best round)"
+    else:
+        said = "one fit"
+    OmegaConf.update(sub, "trainer.early_stopping.patience", None)
+    OmegaConf.update(sub, "trainer.diagnostics", False)
+    log.info(
+        "the refit: every one of the %d rows outside the test split, %s, scored on the "
+        "test split once",
+        rows,
+        said,
+    )
+    return sub
+
+
+def monitor_name(conf) -> str:
+    return conf.trainer.early_stopping.monitor.removeprefix("val_")
+
+
 def fold_scores(summaries: list[dict], cv, split_seed: int) -> dict:
     """summary.json's `cv` (each validation metric: mean, standard deviation over the folds
     with n - 1, per-fold values in fold order) and `cv_setup` (what makes two runs' folds the
@@ -223,7 +265,7 @@ def folds_only_summary(conf, summaries, scores, run_dir: Path) -> dict:
     test scores; the monitored metric is the mean over the folds (its wall time: the
     caller's, over every fold)."""
     stopping = conf.trainer.early_stopping
-    name = stopping.monitor.removeprefix("val_")
+    name = monitor_name(conf)
     first = summaries[0]
     return {
         "status": "completed",

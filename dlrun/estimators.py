@@ -36,6 +36,8 @@ class Estimator(abc.ABC):
         record = {"epoch": 1}
         for name in ("train", "val"):
             xs, ys = splits[name]
+            if not len(ys):  # a cross-validated run's refit: no validation rows
+                continue
             scores = compute_metrics(self.spec.task, ys, self.predict(xs), conf.trainer.loss)
             record.update({f"{name}_{k}": v for k, v in scores.items()})
         record["fit_time_s"] = elapsed

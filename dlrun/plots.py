@@ -44,13 +44,15 @@ def plot_curves(records: list[dict], monitor: str, title: str = "", best: int | 
     unit = curves[0].split("_", 1)[1] if curves else "loss"
     axes[0].set(xlabel=step, ylabel=unit, title=f"{unit} (lower is better)")
     if not repeats:
-        for key, color in ((f"train_{name}", "tab:blue"), (metric, "tab:orange")):
+        for key, color in dict(((f"train_{name}", "tab:blue"), (metric, "tab:orange"))).items():
             if key in records[0]:
                 values = [r.get(key, float("nan")) for r in records]
                 axes[1].plot(x, values, color=color, label=key, marker=marker)
         better = "higher" if name in HIGHER_IS_BETTER else "lower"
         axes[1].set(xlabel=step, ylabel=name, title=f"{name} ({better} is better)")
     kept = f"best {step} {best}" + (f" (by {monitor})" if monitor in records[0] else "")
+    if records and not any(k.startswith("val_") for k in records[0]):
+        kept = f"kept: the last {step} (no validation rows)"  # a refit on every non-test row
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -74,6 +76,8 @@ def judged_metric(record: dict, monitor: str, losses: list[str]) -> str:
     for key in ("val_accuracy", "val_rmse", "val_f1_macro", "val_mae", "val_r2"):
         if key in record:
             return key
+    if "train_accuracy" in record and not any(k.startswith("val_") for k in record):
+        return "train_accuracy"  # a refit on every non-test row: no validation rows
     others = [
         k
         for k in record

@@ -77,6 +77,8 @@ def epoch_line(record: dict, max_epochs: int, monitor: str) -> str:
 
 def epoch_legend(record_keys: list[str], monitor: str) -> str:
     """What the epoch lines hold, said once before the first."""
+    if not any(k.startswith("val_") for k in record_keys):  # a refit on every non-test row
+        return "loss on the training rows (there are no validation rows); * = best.pt"
     loss = "loss train/val" if "val_loss" in record_keys else "loss per phase"
     return f"{loss}, other metrics on validation; * = a new best {monitor} (best.pt)"
 
@@ -112,7 +114,9 @@ def epoch_progress(max_epochs: int, monitor: str):
             said.append(True)
         log.info(epoch_line(record, max_epochs, monitor) + ("  *" if improved else ""))
         loss = next(k for k in record if k.startswith("train_loss"))
-        status = f"{loss} {number(record[loss])}  {monitor} {number(record[monitor])}"
+        status = f"{loss} {number(record[loss])}"
+        if monitor in record:  # (a refit on every non-test row has no validation metric)
+            status += f"  {monitor} {number(record[monitor])}"
         progress.update(task, advance=1, status=status)
         progress.update(steps, visible=False)
 
@@ -197,16 +201,17 @@ def fit_progress(what: str, total: int | None = None):
         yield lambda done, status="": progress.update(task, completed=done, status=status)
 
 
-def metrics_table(title: str, val: dict, test: dict):
+def metrics_table(title: str, val: dict, test: dict, val_label: str = "val"):
     """The table a run ends with: each metric on validation and test."""
     from rich.table import Table
 
     table = Table(title=title or None)
     table.add_column("metric")
-    table.add_column("val", justify="right")
+    table.add_column(val_label, justify="right")
     table.add_column("test", justify="right")
-    for name in test:
-        table.add_row(name, table_number(val[name]), table_number(test[name]))
+    for name in test:  # (a refit on every non-test row has no validation scores)
+        shown = table_number(val[name]) if name in val else "-"
+        table.add_row(name, shown, table_number(test[name]))
     return table
 
 
@@ -235,12 +240,20 @@ def print_summary(summary: dict, family: str = "torch") -> None:
 
     console = Console()
     heading = f"{summary['model']} on {summary['data']}"
-    if family != "torch" and summary["epochs_run"] > 1:  # boosting rounds (XGBoost)
+    val_label = "val"
+    if "cv" in summary:  # the refit of a cross-validated run: no validation rows of its own
+        val_label = "folds' mean"
+        rows = summary["rows"]["train"]
+        count = f", {summary['epochs_run']} {'epochs' if family == 'torch' else 'rounds'}"
+        heading += f": refit on all {rows} rows outside the test split" + (
+            count if summary["epochs_run"] > 1 else ""
+        )
+    elif family != "torch" and summary["epochs_run"] > 1:  # boosting rounds (XGBoost)
         heading += f": best round {summary['best_epoch']} of {summary['epochs_run']}"
     elif family == "torch":
         heading += f": best epoch {summary['best_epoch']} of {summary['epochs_run']}"
     console.print(heading, style="bold", soft_wrap=True)
-    console.print(metrics_table("", summary["val"], summary["test"]))
+    console.print(metrics_table("", summary["val"], summary["test"], val_label))
     for finding in summary.get("health", []):
         console.print(f"[yellow]health:[/] {finding['message']}: {finding['advice']}")
     size = f"{summary['params']:,} {size_unit(summary['model'], family)}"

@@ -143,7 +143,7 @@ def train_and_record(
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
             logger.close(OmegaConf.to_container(cfg, resolve=True), summary, run_dir)
             log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
-            if part != "fold":
+            if part is None:  # a fold prints a line; the refit's table comes with the folds'
                 print_summary(summary, prep.entry.family)
         distributed.barrier()
         return summary
@@ -160,7 +160,7 @@ def make_summary(conf, prep, fitted, run_dir: Path, started: float) -> dict:
     result, scores, stopping = fitted.result, fitted.scores, conf.trainer.early_stopping
     best_value = result.best_value
     if best_value is None:  # estimators: the monitored metric of the fitted model
-        best_value = scores["val"][stopping.monitor.removeprefix("val_")]
+        best_value = scores["val"].get(stopping.monitor.removeprefix("val_"))
     health = []
     if prep.entry.family == "torch" and conf.trainer.diagnostics:
         from dlrun.health import findings
@@ -664,14 +664,17 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
             f" until epoch {frozen.unfreeze_at}" if frozen.unfreeze_at else "",
         )
     untrained = None
-    if getattr(objective, "measure_untrained", False):  # where training starts from
+    validating = len(prep.splits["val"][1]) > 0  # not in a cross-validated run's refit
+    if getattr(objective, "measure_untrained", False) and validating:  # where training starts
         x_val = prep.inputs("val", conf.trainer)
         untrained = {"val": objective.evaluate(model.to(device), x_val, prep.splits["val"][1])}
         # (the objectives that measure an untrained model read no lengths)
         log.info(
             "untrained: %s", "  ".join(f"val_{k} {v:.4g}" for k, v in untrained["val"].items())
         )
-    with epoch_progress(conf.trainer.max_epochs, conf.trainer.early_stopping.monitor) as on_epoch:
+    from dlrun.training import last_epoch
+
+    with epoch_progress(last_epoch(conf), conf.trainer.early_stopping.monitor) as on_epoch:
 
         def on_record(record: dict, improved: bool) -> None:
             on_epoch(record, improved)
@@ -695,7 +698,9 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
     # the best checkpoint is loaded: score it with the objective's own evaluation
     scores, inputs = score(prep, model, objective, conf)
     pictures = objective.pictures(model, inputs["test"], prep)
-    if conf.trainer.permutation_importance:
+    if conf.trainer.permutation_importance and not validating:
+        log.info("permutation importance: the refit has no validation rows; see each fold's")
+    elif conf.trainer.permutation_importance:
         importance = permutation_importance(prep, model, conf)
         pictures = with_importance(pictures, importance, prep.data, "permutation")
     return Fitted(result, scores, params, pictures, untrained)
@@ -756,7 +761,8 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
     """Validation and test metrics of a trained model, the one way training and dlrun-eval
     measure them: a network by its objective's evaluation (returns the splits' inputs on the
     device too), an estimator by the shared metric code (returns its outputs too)."""
-    splits = {name: prep.splits[name] for name in ("val", "test")}
+    # (the refit of a cross-validated run has no validation rows: its test scores alone)
+    splits = {n: prep.splits[n] for n in ("val", "test") if n == "test" or len(prep.splits[n][1])}
     if objective is not None:
         import torch
 
@@ -771,13 +777,13 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
             name: objective.evaluate(model, inputs[name], splits[name][1], lengths=lengths[name])
             for name in inputs
         }
-        return scores, inputs
+        return {"val": {}, **scores}, inputs
     from dlrun.metrics import compute_metrics
 
     outputs = {name: model.predict(x) for name, (x, _) in splits.items()}
     task, loss = prep.spec.task, conf.trainer.loss
     scores = {name: compute_metrics(task, splits[name][1], outputs[name], loss) for name in outputs}
-    return scores, outputs
+    return {"val": {}, **scores}, outputs
 
 
 def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:

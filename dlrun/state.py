@@ -24,10 +24,11 @@ class EarlyStopping:
     best_epoch: int = 0
     wait: int = 0
 
-    def update(self, value: float, epoch: int) -> bool:
-        """Record the epoch's value; True if it is the best so far."""
+    def update(self, value: float, epoch: int, keep: bool = False) -> bool:
+        """Record the epoch's value; True if it is the best so far (or `keep`: the one kept
+        whatever its value)."""
         sign = 1.0 if self.mode == "min" else -1.0
-        if self.best is None or sign * (self.best - value) > self.min_delta:
+        if keep or self.best is None or sign * (self.best - value) > self.min_delta:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             return True
         self.wait += 1
@@ -114,12 +115,13 @@ class TrainState:
             for scheduler in self.schedulers.values():
                 scheduler.step()
 
-    def end_epoch(self, value: float, epoch: int) -> bool:
+    def end_epoch(self, value: float, epoch: int, keep_last: bool = False) -> bool:
         """Early stopping sees the monitored value; the schedules step, before the checkpoint,
-        so that last.pt holds the state the next epoch starts from. True if it is the best."""
+        so that last.pt holds the state the next epoch starts from. True if it is the best
+        (every epoch with `keep_last`)."""
         from dlrun.graphs import pin_lr
 
-        improved = self.stopper.update(value, epoch)
+        improved = self.stopper.update(value, epoch, keep=keep_last)
         for name, scheduler in self.schedulers.items():
             if self.interval == "epoch":
                 scheduler.step()

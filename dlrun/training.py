@@ -140,7 +140,9 @@ def fit_torch(
     objective=None,
 ) -> FitResult:
     """Train `model` for `objective` (by default the data's own: classes or targets) on
-    splits['train'], evaluate splits['val'] every epoch, keep last.pt and best.pt.
+    splits['train'], evaluate splits['val'] every epoch, keep last.pt and best.pt. An empty
+    validation split (a cross-validated run's refit on every non-test row) trains its
+    trainer.max_epochs and keeps the last epoch as best.pt.
 
     `resume` (a last.pt) continues from its epoch with every state it holds restored, so the run
     ends where the uninterrupted one would have. With `data` (the DataModule) images train from
@@ -183,17 +185,18 @@ def fit_torch(
     x_val = on_device(splits["val"][0], data, "val", device, takes, tcfg.workers, tcfg.batch_size)
     y_val = splits["val"][1]
     val_lengths = None if batches.lengths is None else _as_device(data.lengths["val"], device)
+    validating = len(y_val) > 0  # the refit of a cross-validated run has no validation rows
     history, start = [], 1
     if resume is not None:
         history, start = restore(net, state, resume, run_dir, main, tcfg.max_epochs)
     health = None
-    if tcfg.diagnostics:
+    if tcfg.diagnostics and validating:
         health = probe(net, objective, x_val, y_val, val_lengths, spec, device)
     ckpt_dir = run_dir / "checkpoints"
     monitor, config, epoch = tcfg.early_stopping.monitor, conf_dict(conf), start - 1
     startup = time.perf_counter() - STARTED
     with GracefulStop() as stop, Records(run_dir, main) as records:
-        for epoch in range(start, tcfg.max_epochs + 1):
+        for epoch in range(start, last_epoch(conf) + 1):
             t_epoch = time.perf_counter()
             if state.start_epoch(epoch) and health is not None:  # trainer.unfreeze_at_epoch
                 health.follow_layers()  # the unfrozen layers are measured too
@@ -209,10 +212,15 @@ def fit_torch(
             losses = [v for k, v in numbers.items() if k.startswith("train_loss")]
             if not all(math.isfinite(v) for v in losses):
                 raise diverged(numbers, epoch, steps, state.stopper, conf)
-            val = objective.evaluate(net, x_val, y_val, lengths=val_lengths)
-            record = {"epoch": epoch, **numbers, **{f"val_{k}": v for k, v in val.items()}}
+            record = {"epoch": epoch, **numbers}
+            if validating:
+                val = objective.evaluate(net, x_val, y_val, lengths=val_lengths)
+                record.update({f"val_{k}": v for k, v in val.items()})
             record["lr"] = lr
-            improved = state.end_epoch(record[monitor], epoch)  # early stopping, schedules
+            # early stopping and the schedules; with no validation part (a cross-validated
+            # run's refit) the schedules follow the training loss and the last epoch is kept
+            value = record[monitor] if validating else losses[-1]
+            improved = state.end_epoch(value, epoch, keep_last=not validating)
             if health is not None:
                 t_health = time.perf_counter()
                 record.update(health.measure())  # one probe batch: no cost in the steps
@@ -246,6 +254,14 @@ def fit_torch(
         cuda_graphs=steps.captured,
         startup_s=startup,
     )
+
+
+def last_epoch(conf) -> int:
+    """trainer.max_epochs, or fewer in a cross-validated run's refit (data.cv.epochs: the
+    folds' median best epoch), whose schedules still span max_epochs as the folds' did."""
+    cv = getattr(getattr(conf, "data", None), "cv", None)
+    refit = getattr(cv, "epochs", None)
+    return conf.trainer.max_epochs if refit is None else min(refit, conf.trainer.max_epochs)
 
 
 def place(model, tcfg, device, world: int):

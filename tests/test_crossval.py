@@ -93,6 +93,65 @@ def test_random_forest_folds_score_as_scikit_learns_cross_validate(tmp_path):
         assert fold["status"] == "completed" and fold["rows"]["test"] == summary["rows"]["test"]
     assert (run_dir / "checkpoints" / "model.skops").is_file()
     assert summary["status"] == "completed" and 0.85 < summary["test"]["accuracy"] <= 1
+    # the refit: the same forest fitted on every row outside the test split, scored once
+    assert summary["rows"] == {"train": len(rest), "val": 0, "test": fold["rows"]["test"]}
+    test_rows = np.setdiff1d(np.arange(len(raw.y)), rest)
+    forest.fit(x, y)
+    test_x = np.asarray(raw.x, dtype=np.float32)[test_rows]
+    ours = forest.score(test_x, np.asarray(raw.y)[test_rows])
+    assert summary["test"]["accuracy"] == ours
+    assert summary["val"]["accuracy"] == summary["cv"]["accuracy"]["mean"]  # the folds' mean
+
+
+def test_a_networks_refit_trains_every_non_test_row_for_the_folds_median_best_epoch(tmp_path):
+    """No validation rows are left for the refit: it trains the folds' median best epoch on
+    the cosine schedule the folds followed (over max_epochs), keeps its last epoch, and
+    dlrun-eval scores it on the test split."""
+    from dlrun.use import evaluate
+
+    args = (
+        "data=iris",
+        "data.cv.folds=3",
+        "trainer.max_epochs=12",
+        "optim.lr=0.01",
+        "sched=cosine",
+        "trainer.early_stopping.monitor=val_accuracy",
+    )
+    summary, run_dir = train(tmp_path, *args)
+    folds = [
+        json.loads((run_dir / "folds" / str(n) / "summary.json").read_text()) for n in (1, 2, 3)
+    ]
+    best = sorted(f["best_epoch"] for f in folds)[1]
+    assert summary["epochs_run"] == summary["best_epoch"] == best
+    assert summary["rows"] == {"train": 120, "val": 0, "test": 30}
+    refit = read_metrics(run_dir)
+    assert [r["epoch"] for r in refit] == list(range(1, best + 1))
+    assert not [k for r in refit for k in r if k.startswith("val_")]
+    # the learning rate of each epoch is the folds' (a cosine over max_epochs, not over `best`)
+    assert [r["lr"] for r in refit] == [r["lr"] for r in read_metrics(run_dir / "folds" / "1")][
+        :best
+    ]
+    assert summary["val"] == {k: m["mean"] for k, m in summary["cv"].items()}
+    assert summary["monitor"]["best"] == summary["cv"]["accuracy"]["mean"]
+    assert summary["test"]["accuracy"] > 0.8
+    config = (run_dir / "config.yaml").read_text()
+    assert "fold: -1" in config and f"epochs: {best}" in config
+    again = evaluate(run_dir, [], tmp_path / "eval")
+    assert again["val"] == {} and again["test"] == summary["test"]
+
+
+def test_xgboosts_refit_boosts_the_folds_median_best_round(tmp_path):
+    args = ("data=wine", "model=xgboost", "model.n_estimators=60", "data.cv.folds=3")
+    args += ("trainer.early_stopping.patience=5", "model.learning_rate=0.3")
+    summary, run_dir = train(tmp_path, *args)
+    rounds = [
+        json.loads((run_dir / "folds" / str(n) / "summary.json").read_text())["best_epoch"]
+        for n in (1, 2, 3)
+    ]
+    assert summary["epochs_run"] == sorted(rounds)[1] < 60
+    assert summary["rows"]["val"] == 0 and summary["test"]["accuracy"] > 0.85
+    refit = read_metrics(run_dir)
+    assert len(refit) == sorted(rounds)[1] and "val_loss" not in refit[0]
 
 
 def test_without_refit_the_run_is_its_folds(tmp_path):

@@ -211,7 +211,7 @@ def build_data(cfg, fitted=None) -> DataModule:
     train, val, test = split_indices(raw, cfg)
     cv = getattr(cfg, "cv", None)
     if cv is not None and cv.folds is not None and cv.fold is not None:
-        train, val = cv_folds(raw, cfg, np.concatenate([train, val]))[cv.fold]
+        train, val = cv_rows(raw, cfg, np.concatenate([train, val]), cv.fold)
     raw, (train, val, test) = select_rows(raw, (train, val, test), cfg)
     if getattr(raw.x, "lazy", False):  # read from disk a batch at a time (dlrun.data.lazy)
         return lazy_data(raw, cfg, (train, val, test), fitted)
@@ -531,6 +531,16 @@ def group_cut(rows: np.ndarray, groups: np.ndarray, share: float, what: str, see
     splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
     kept, held = next(splitter.split(rows, groups=groups))
     return rows[np.sort(kept)], rows[np.sort(held)]
+
+
+def cv_rows(raw: RawData, cfg, rest: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of data.cv.fold `fold`; the refit's (ALL_ROWS): every
+    non-test row trains, in their order, and no row validates."""
+    from dlrun.config import ALL_ROWS
+
+    if fold == ALL_ROWS:
+        return np.sort(rest), rest[:0]
+    return cv_folds(raw, cfg, rest)[fold]
 
 
 def cv_folds(raw: RawData, cfg, rest: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

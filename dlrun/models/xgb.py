@@ -56,9 +56,9 @@ class Boosted(Estimator):
             recorder = round_records(run_dir, update)
             self.model.set_params(callbacks=[recorder])
             try:
-                self.model.fit(
-                    x, y, sample_weight=weight, eval_set=[(x, y), (xv, yv)], verbose=False
-                )
+                # a cross-validated run's refit has no validation rows: its rounds are fixed
+                evals = [(x, y), (xv, yv)] if len(yv) else [(x, y)]
+                self.model.fit(x, y, sample_weight=weight, eval_set=evals, verbose=False)
             finally:
                 self.model.set_params(callbacks=None)
                 recorder.close()
@@ -115,16 +115,16 @@ def round_records(run_dir: Path, update):
         def after_iteration(self, model, epoch: int, evals_log) -> bool:
             (metric,) = evals_log["validation_0"]
             name = METRIC_NAMES[metric]
-            train, val = (
-                evals_log["validation_0"][metric][-1],
-                evals_log["validation_1"][metric][-1],
-            )
-            record = {"round": epoch + 1, f"train_{name}": float(train), f"val_{name}": float(val)}
+            record = {"round": epoch + 1}
+            for split, key in (("train", "validation_0"), ("val", "validation_1")):
+                if key in evals_log:  # no validation_1 without validation rows
+                    record[f"{split}_{name}"] = float(evals_log[key][metric][-1])
             self.records.append(record)
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-            best = min(r[f"val_{name}"] for r in self.records)
-            update(epoch + 1, f"val_{name} {number(float(val))}  best {number(best)}")
+            shown = f"val_{name}" if f"val_{name}" in record else f"train_{name}"
+            best = min(r[shown] for r in self.records)
+            update(epoch + 1, f"{shown} {number(record[shown])}  best {number(best)}")
             return False  # go on (early stopping is XGBoost's own)
 
         def close(self) -> None:
