@@ -37,6 +37,7 @@ def _train(cfg: DictConfig) -> float | None:
     from dlrun import folders
     from dlrun.errors import Interrupted, UserError
     from dlrun.runner import run
+    from dlrun.search import Pruned
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -57,6 +58,9 @@ def _train(cfg: DictConfig) -> float | None:
         announce_job(hydra_cfg)
     try:
         summary = run(cfg, run_dir)
+    except Pruned as ex:  # a search's pruner stopped the trial: its folder says so
+        logging.getLogger("dlrun").info("%s", ex)
+        return float("nan")
     except Exception as ex:
         if os.environ.get("DLRUN_TRACEBACK") == "1":
             raise
@@ -81,7 +85,7 @@ def announce_job(hydra_cfg) -> None:
     best of the jobs finished so far; under a parallel launcher every dlrun line of the job is
     prefixed "[job k]", so interleaved logs can be told apart."""
     from dlrun import folders
-    from dlrun.sweep import best_so_far
+    from dlrun.sweep import best_so_far, shorten
 
     log = logging.getLogger("dlrun")
     sweep_dir = Path(str(hydra_cfg.sweep.dir))
@@ -105,7 +109,9 @@ def announce_job(hydra_cfg) -> None:
 
         log.addFilter(prefixed)
         _prefixes.append(prefixed)
-    line = f"{what} {number}" + (f" of {planned}" if planned else "") + f": {overrides}"
+    # (a continued search numbers on past its n_trials when trials failed: no "5 of 4")
+    of = f" of {planned}" if planned and number <= planned else ""
+    line = f"{what} {number}{of}: {shorten(overrides)}"
     log.info("%s%s", line, f"  (best so far: {best})" if best else "")
 
 
@@ -179,9 +185,14 @@ def main() -> None:
         sys.stdout.flush()  # a reader that has gone shows here, not as noise at exit
         if _user_errors:
             raise _user_errors[0]
-        if sweep.LAST_FAILED:
+        from dlrun import search
+
+        failed = sweep.LAST_FAILED
+        if search.FAILED_NOW is not None:  # a search: its trials of this run, not a killed run's
+            failed = [str(n) for n in search.FAILED_NOW]
+        if failed:
             fail(
-                f"{len(sweep.LAST_FAILED)} job(s) of the sweep failed: {', '.join(sweep.LAST_FAILED)} "
+                f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)} "
                 "(see the leaderboard).",
                 1,
             )

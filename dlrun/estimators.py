@@ -21,6 +21,7 @@ class Estimator(abc.ABC):
         self.model = model
         self.spec = spec
         self.row_weights = None  # data.sample_weight of the training rows (set before fit)
+        self.reporter = None  # a search's dlrun.search.Reporter: per-round metrics (XGBoost)
 
     def fit(self, splits, conf, run_dir: Path) -> FitResult:
         x, y = splits["train"]

@@ -289,13 +289,18 @@ def check_task_name(name: Any) -> None:
 # Sweeps
 
 
-def claim_sweep(sweep_dir: Path, planned: int | None) -> Claim:
-    """Make `sweep_dir` this process's sweep folder: new or empty, never an earlier sweep's."""
+def claim_sweep(sweep_dir: Path, planned: int | None, search: str | None = None) -> Claim:
+    """Make `sweep_dir` this process's sweep folder: new or empty, never an earlier sweep's;
+    except that a search (`search`: its study's name) continues in the folder of an earlier
+    search of the same study."""
     sweep_dir = _key(sweep_dir)
     if sweep_dir in _HELD:
         return _HELD[sweep_dir]
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"hydra.sweep.dir: {sweep_dir} is a file, not a folder.")
+    earlier = sweep_info(sweep_dir) if (sweep_dir / SWEEP_MARKER).exists() else {}
+    if search is not None and earlier.get("search") == search:
+        return continue_search(sweep_dir, planned, search, earlier)
     if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
         what = "an earlier sweep" if (sweep_dir / SWEEP_MARKER).exists() else "files"
         raise UserError(
@@ -318,8 +323,36 @@ def claim_sweep(sweep_dir: Path, planned: int | None) -> Claim:
             f"hydra.sweep.dir: cannot create {sweep_dir}: {ex.strerror or ex}. Choose a writable one."
         ) from None
     _lock(fd)
-    os.write(fd, _stamp({"planned": planned}))
+    os.write(fd, _stamp({"planned": planned, **({"search": search} if search else {})}))
     claim = _HELD[sweep_dir] = Claim(sweep_dir, fd, created, top)
+    return claim
+
+
+def continue_search(sweep_dir: Path, planned: int | None, search: str, earlier: dict) -> Claim:
+    """Hold the folder of an earlier search of the same study (dlrun.search continues its
+    study there); refused while another process runs it."""
+    marker = sweep_dir / SWEEP_MARKER
+    fd = os.open(marker, os.O_RDWR)
+    if not _lock(fd):
+        os.close(fd)
+        raise UserError(
+            f"hydra.sweep.dir: the search '{search}' in {sweep_dir} is running in another "
+            f"process{_owner(marker)}; one process runs a search at a time. Wait for it to end."
+        )
+    kept = {k: v for k, v in earlier.items() if k not in ("pid", "host", "started", "finished")}
+    os.ftruncate(fd, 0)
+    os.pwrite(
+        fd,
+        _stamp(
+            {
+                **kept,
+                "planned": planned,
+                "first_started": kept.get("first_started") or earlier.get("started"),
+            }
+        ),
+        0,
+    )
+    claim = _HELD[sweep_dir] = Claim(sweep_dir, fd, False, None)
     return claim
 
 
@@ -353,6 +386,14 @@ def discard_unused_sweeps() -> None:
         if claim.created:
             shutil.rmtree(path, ignore_errors=True)
             _remove_empty_up_to(path, claim.top)
+
+
+def search_key(config) -> str | None:
+    """A search's study name (dlrun.search), which may continue in its sweep folder."""
+    from dlrun.search import is_search, study_name
+
+    sweeper = config.hydra.sweeper
+    return study_name(sweeper, config.task_name) if is_search(sweeper) else None
 
 
 def planned_jobs(config) -> int | None:
@@ -419,7 +460,7 @@ class RunFolders(Callback):
             check_task_name(config.task_name)
             check_launcher(config.hydra)
             planned = planned_jobs(config)
-            claim_sweep(Path(str(config.hydra.sweep.dir)), planned)
+            claim_sweep(Path(str(config.hydra.sweep.dir)), planned, search_key(config))
         from dlrun.loggers import start_sweep
 
         start_sweep(config, _key(Path(str(config.hydra.sweep.dir))))  # logger=mlflow: its run

@@ -675,10 +675,13 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
     from dlrun.training import last_epoch
 
     with epoch_progress(last_epoch(conf), conf.trainer.early_stopping.monitor) as on_epoch:
+        reporter = trial_reporter(conf)  # a trial of a search that prunes (dlrun.search)
 
         def on_record(record: dict, improved: bool) -> None:
             on_epoch(record, improved)
             logger.log(record)
+            if reporter is not None:
+                reporter.log(record)  # Pruned when the search's pruner stops the trial
 
         on_record.step = getattr(on_epoch, "step", None)  # the bar of an epoch's steps
 
@@ -704,6 +707,18 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         importance = permutation_importance(prep, model, conf)
         pictures = with_importance(pictures, importance, prep.data, "permutation")
     return Fitted(result, scores, params, pictures, untrained)
+
+
+def trial_reporter(conf):
+    """dlrun.search.Reporter when this run is a trial of a search that prunes (one process
+    only: not under torchrun); else None."""
+    from dlrun import distributed
+
+    if distributed.active():
+        return None
+    from dlrun.search import job_reporter
+
+    return job_reporter(conf)
 
 
 def with_importance(pictures, importance, data, how: str = "the model's own"):
@@ -799,6 +814,7 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     )
     weights = getattr(prep.data, "weights", None)  # data.sample_weight
     estimator.row_weights = None if weights is None else weights["train"]
+    estimator.reporter = trial_reporter(conf)  # XGBoost's rounds feed a search's pruner
     result = estimator.fit(splits, conf, run_dir)
     for record in result.history:
         logger.log(record)

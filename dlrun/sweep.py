@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,9 @@ def job_row(job: Path) -> dict:
             + (f"; continue with trainer.resume={job}" if resumable else " (no epoch had ended)"),
         }
     if status != "completed":  # the job's own status (diverged, interrupted, ...) leads the error
-        kind = "interrupted" if status == "interrupted" else "failed"
-        return {**row, "status": kind, "error": f"{status}: {summary.get('error', '')}"}
+        kind = status if status in ("interrupted", "pruned") else "failed"
+        kept = {k: summary[k] for k in ("model", "data", "epochs_run") if k in summary}
+        return {**row, **kept, "status": kind, "error": f"{status}: {summary.get('error', '')}"}
     row["status"] = "ok"
     monitor = summary["monitor"]
     row.update(
@@ -189,7 +191,7 @@ def progress_line(sweep_dir: Path, planned: int | None) -> tuple[tuple, str]:
     """Where a sweep's jobs stand, read from their folders: (what changed is compared on,
     "2 of 6 jobs finished (1 failed); running: job 3 epoch 4/30, job 4 starting; best so far:
     ...")."""
-    finished, failed, running = 0, 0, []
+    finished, failed, pruned, running = 0, 0, 0, []
     for job in job_dirs(Path(sweep_dir)):
         try:
             status = json.loads((job / "summary.json").read_text()).get("status")
@@ -197,7 +199,8 @@ def progress_line(sweep_dir: Path, planned: int | None) -> tuple[tuple, str]:
             status = None
         if status not in (None, "running"):
             finished += 1
-            failed += status != "completed"
+            pruned += status == "pruned"
+            failed += status not in ("completed", "pruned")
             continue
         try:
             last = (job / "metrics.jsonl").read_text().strip().splitlines()[-1]
@@ -214,7 +217,8 @@ def progress_line(sweep_dir: Path, planned: int | None) -> tuple[tuple, str]:
             of = ""
         running.append((job.name, f"epoch {epoch}{of}"))
     total = f" of {planned}" if planned else ""
-    line = f"{finished}{total} jobs finished" + (f" ({failed} failed)" if failed else "")
+    counts = [f"{n} {what}" for n, what in ((pruned, "pruned"), (failed, "failed")) if n]
+    line = f"{finished}{total} jobs finished" + (f" ({', '.join(counts)})" if counts else "")
     if running:
         shown = ", ".join(f"job {name} {where}" for name, where in running[:4])
         more = f" and {len(running) - 4} more" if len(running) > 4 else ""
@@ -303,7 +307,7 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
 
         _, own_overrides = split_overrides(ok)
         names = [
-            f"{r['job']}: {own}"[:40] if own else r["job"]
+            f"{r['job']}: {shorten(own)}"[:40] if own else r["job"]
             for r, own in zip(ok, own_overrides, strict=True)
         ]
         metric = ranked["metric"]
@@ -320,7 +324,7 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
         )
         plots.save(figure, sweep_dir / "leaderboard.png")
         write_best(sweep_dir, ok[0], ranked)
-    LAST_FAILED[:] = [r["job"] for r in failed if r["status"] != "running"]
+    LAST_FAILED[:] = [r["job"] for r in failed if r["status"] not in ("running", "pruned")]
     if show:
         _print(rows, columns, sweep_dir, [line for line in (note, why, noise) if line], ranked)
     return rows
@@ -393,6 +397,15 @@ def test_twin(metric: str) -> str:
     return f"test_{metric.removeprefix('val_')}"
 
 
+LONG_NUMBER = re.compile(r"(?<==)-?\d+\.\d{5,}(?:e[-+]?\d+)?|(?<==)-?\d\.\d{5,}e[-+]?\d+")
+
+
+def shorten(overrides: str) -> str:
+    """Overrides as a person reads them: a search's drawn numbers with 4 significant digits
+    (optim.lr=0.0008468008575248334 -> optim.lr=0.0008468); the files keep every digit."""
+    return LONG_NUMBER.sub(lambda m: f"{float(m.group()):.4g}", overrides)
+
+
 def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
     """The leaderboard as the terminal shows it, readable at 100 columns: (lines above it,
     columns, rows of text). Overrides every job shares are said once above; the ranking metric
@@ -422,7 +435,10 @@ def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
     text = []
     for r, own in zip(rows, own_overrides, strict=True):
         values = {c: _fmt(r.get(c)) for c in order}
-        values["overrides"] = own
+        values["overrides"] = shorten(own)
+        if r["status"] == "pruned":  # the files keep the whole sentence
+            found = re.search(r"after (?:epoch|round) \d+", r.get("error", ""))
+            values["error"] = found.group() if found else "pruned"
         for c in order:
             if r.get(f"{c}_std") is not None:
                 values[c] += f" ± {r[f'{c}_std']:.2g}"
@@ -451,13 +467,14 @@ def _print(
         number = c.startswith(("val_", "test_", "p_"))  # whole, even when overrides must fold
         table.add_column(c, overflow="fold", justify="right" if number else "left", no_wrap=number)
     for r, row_cells in zip(rows, cells, strict=True):
-        table.add_row(*row_cells, style=None if r["status"] == "ok" else "red")
+        style = {"ok": None, "pruned": "dim"}.get(r["status"], "red")
+        table.add_row(*row_cells, style=style)
     console.print(table)
     for note in notes:
         console.print(f"[yellow]{note}[/]")
     if rows and rows[0]["status"] == "ok":
         console.print(
-            f"best: job {rows[0]['job']} ({rows[0]['overrides']}); rerun it with "
+            f"best: job {rows[0]['job']} ({shorten(rows[0]['overrides'])}); rerun it with "
             f"dlrun -cd {sweep_dir} -cn best"
         )
 

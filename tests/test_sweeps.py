@@ -80,7 +80,11 @@ def test_leaderboard_matches_the_jobs_and_lists_the_failures(tmp_path):
 
 def test_optuna_search_and_rerunning_its_best_trial(tmp_path):
     result, sweep_dir = sweep(
-        tmp_path, "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=5", "trainer.max_epochs=2"
+        tmp_path,
+        "hparams_search=mlp_optuna",
+        "hydra.sweeper.n_trials=5",
+        "hydra.sweeper.pruner=none",
+        "trainer.max_epochs=2",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = leaderboard(sweep_dir)

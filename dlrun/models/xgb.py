@@ -53,7 +53,7 @@ class Boosted(Estimator):
         started = time.perf_counter()
         total = self.model.n_estimators
         with fit_progress("boosting rounds", total) as update:
-            recorder = round_records(run_dir, update)
+            recorder = round_records(run_dir, update, self.reporter)
             self.model.set_params(callbacks=[recorder])
             try:
                 # a cross-validated run's refit has no validation rows: its rounds are fixed
@@ -101,10 +101,10 @@ class Boosted(Estimator):
         return sum(len(tree.strip().splitlines()) for tree in self.model.get_booster().get_dump())
 
 
-def round_records(run_dir: Path, update):
+def round_records(run_dir: Path, update, reporter=None):
     """An XGBoost callback that writes each boosting round's train and validation metric to
-    metrics.jsonl as the round ends (a long fit shows its curve while it runs), and moves the
-    bar of rounds."""
+    metrics.jsonl as the round ends (a long fit shows its curve while it runs), moves the bar
+    of rounds, and gives each round to a search's pruner (`reporter`, which may stop the fit)."""
     from xgboost.callback import TrainingCallback
 
     class Recorder(TrainingCallback):
@@ -125,6 +125,8 @@ def round_records(run_dir: Path, update):
             shown = f"val_{name}" if f"val_{name}" in record else f"train_{name}"
             best = min(r[shown] for r in self.records)
             update(epoch + 1, f"{shown} {number(record[shown])}  best {number(best)}")
+            if reporter is not None:
+                reporter.log(record)  # dlrun.search.Pruned ends the fit here
             return False  # go on (early stopping is XGBoost's own)
 
         def close(self) -> None:

@@ -1,0 +1,1 @@
+"""dlrun's Hydra sweeper on current Optuna (hydra/sweeper=dlrun_optuna): see dlrun.search."""
