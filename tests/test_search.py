@@ -82,7 +82,7 @@ def test_a_killed_search_continues_its_study_when_run_again(tmp_path):
         "-m",
         *SEARCH,
         "hydra.sweeper.n_trials=4",
-        "trainer.max_epochs=200",
+        "trainer.max_epochs=60",
         "trainer.early_stopping.patience=null",
         f"hydra.sweep.dir={tmp_path / 'search'}",
     ]
