@@ -307,6 +307,10 @@ class Search:
                 trial.number,
             )
         trials = study.get_trials()
+        if trials and self.settings.seed is not None:
+            # a seeded sampler begun again would draw the first run's trials again
+            reseeded = OmegaConf.merge(self.settings, {"seed": self.settings.seed + len(trials)})
+            study.sampler = make_sampler(reseeded, self.space)
         counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         todo = max(0, self.settings.n_trials - len(counted))
         workers = self.workers()

@@ -329,6 +329,7 @@ def test_generated_samples_and_the_exported_generator(tmp_path, model):
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # (~50 s) each objective has its own tests; this sweeps them all
 def test_a_sweep_over_the_models_without_labels(tmp_path):
     """Through the command: one sweep, one leaderboard, each job with its own pictures."""
     import csv

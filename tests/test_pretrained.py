@@ -140,6 +140,7 @@ def test_settings_follow_the_weights():
     assert conf.model.input_size == 32
 
 
+@pytest.mark.slow  # (~35 s) the resnet18_finetune recipe runs the same path in the fast suite
 def test_cli_fine_tunes_resnet18_on_digits(tmp_path):
     save_weights("resnet18")
     run_dir = tmp_path / "run"

@@ -66,7 +66,15 @@ def test_a_recipe_without_its_files_is_skipped_naming_them(tmp_path, monkeypatch
 # same code as DCGAN on digits, on MNIST files the slow suite writes.
 # The transfer recipes run a source run and then a sweep of 6 or 12 jobs: slow, and their
 # machinery (before runs, mean: and & selectors) is checked below on its own.
-SLOW = {"model_zoo_digits", "dcgan_mnist", "few_labels_autoencoder", "related_task_digits"}
+# cv_small_table (~50 s: four models' folds and refits) runs the code tests/test_crossval.py
+# checks value by value.
+SLOW = {
+    "model_zoo_digits",
+    "dcgan_mnist",
+    "few_labels_autoencoder",
+    "related_task_digits",
+    "cv_small_table",
+}
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,7 @@ def test_a_killed_search_continues_its_study_when_run_again(tmp_path):
         "-m",
         *SEARCH,
         "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.pruner=none",
         "trainer.max_epochs=60",
         "trainer.early_stopping.patience=null",
         f"hydra.sweep.dir={tmp_path / 'search'}",
@@ -109,8 +110,11 @@ def test_a_killed_search_continues_its_study_when_run_again(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     said = " ".join(again.stderr.split()) + " ".join(again.stdout.split())
     assert "continues: 3 trials: 2 complete, 1 failed; 2 more trial(s) of 4" in said
-    states = {t.number: t.state.name for t in study(sweep_dir).trials}
+    trials = study(sweep_dir).trials
+    states = {t.number: t.state.name for t in trials}
     assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "COMPLETE", 4: "COMPLETE"}
+    drawn = [t.params for t in trials]
+    assert all(d not in drawn[:3] for d in drawn[3:])  # not the first run's draws again
     for number, text in finished.items():  # not run again
         assert (sweep_dir / number / "summary.json").read_bytes() == text
     rows = leaderboard(sweep_dir)

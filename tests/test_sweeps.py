@@ -78,6 +78,7 @@ def test_leaderboard_matches_the_jobs_and_lists_the_failures(tmp_path):
     assert run(tmp_path, str(tmp_path / "nothing"), tool="dlrun-report").returncode == 2
 
 
+@pytest.mark.slow  # (~25 s) tests/test_search.py reruns a search's best trial in the fast suite
 def test_optuna_search_and_rerunning_its_best_trial(tmp_path):
     result, sweep_dir = sweep(
         tmp_path,

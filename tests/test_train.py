@@ -438,8 +438,8 @@ def test_xgboost_writes_each_round_to_metrics_jsonl_as_it_ends(tmp_path, monkeyp
 
     seen, real = [], xgb.round_records
 
-    def spying(run_dir, update):
-        recorder = real(run_dir, update)
+    def spying(run_dir, update, reporter=None):
+        recorder = real(run_dir, update, reporter)
         after = recorder.after_iteration
 
         def after_iteration(model, epoch, evals_log):
