@@ -337,12 +337,19 @@ def _picture(image: np.ndarray) -> np.ndarray:
 
 
 def plot_leaderboard(
-    names: list[str], values: list[float], metric: str, test=None, mode="min", spread=None
+    names: list[str],
+    values: list[float],
+    metric: str,
+    test=None,
+    mode="min",
+    spread=None,
+    left_out: str = "",
 ):
     """One group of bars per job, in leaderboard order: the ranking metric on validation and,
     when given, the same metric on the test split; the direction in the title. `spread`
     (cross-validated jobs: (the standard deviation over the folds of each, the folds' count))
-    draws each mean's ± std as an error bar."""
+    draws each mean's ± std as an error bar. `left_out`: what the title adds about the jobs
+    without bars ("3 pruned, 1 failed: not drawn")."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 4), constrained_layout=True)
     x = np.arange(len(names))
@@ -377,7 +384,8 @@ def plot_leaderboard(
     )
     better = "higher" if mode == "max" else "lower"
     name = metric.removeprefix("val_") if test is not None else metric
-    ax.set(ylabel=name, title=f"{metric} per job, best first ({better} is better)")
+    title = f"{metric} per job, best first ({better} is better)"
+    ax.set(ylabel=name, title=title + (f"\n{left_out}" if left_out else ""))
     ax.grid(axis="y", alpha=0.3)
     return fig
 

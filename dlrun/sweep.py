@@ -10,6 +10,7 @@ metric per job) and best.yaml (rerun the best job: `dlrun -cd SWEEP_DIR -cn best
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
@@ -319,8 +320,16 @@ def report(sweep_dir: Path, *, show: bool = True) -> list[dict]:
                 r["_cv_setup"]["folds"] * r["_cv_setup"]["repeats"] for r in ok if "_cv_setup" in r
             }
             spread = ([r.get(f"{metric}_std") for r in ok], "/".join(map(str, sorted(runs))))
+        counts = collections.Counter(r["status"] for r in failed)
+        left_out = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         figure = plots.plot_leaderboard(
-            names, [r[metric] for r in ok], metric, test, ranked["mode"], spread
+            names,
+            [r[metric] for r in ok],
+            metric,
+            test,
+            ranked["mode"],
+            spread,
+            f"not drawn: {left_out}" if left_out else "",
         )
         plots.save(figure, sweep_dir / "leaderboard.png")
         write_best(sweep_dir, ok[0], ranked)
