@@ -148,6 +148,24 @@ def claim_run(run_dir: Path, key: str = "hydra.run.dir") -> Claim:
     return claim
 
 
+def claim_free_run(run_dir: Path, tries: int = 100) -> Path:
+    """Claim the run folder `run_dir`, or when another run holds it (two runs started in the
+    same second get the same dated folder) the first free of `run_dir`-2, -3, ..."""
+    run_dir = _key(run_dir)
+    for n in range(1, tries + 1):
+        candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}-{n}")
+        if candidate.is_dir() and holds_run(candidate):
+            continue
+        try:
+            claim_run(candidate)
+        except UserError:
+            if candidate.is_dir() and holds_run(candidate):  # claimed just now by another run
+                continue
+            raise
+        return candidate
+    return _key(claim_run(run_dir).path)  # (refused, saying why)
+
+
 def _first_missing(path: Path) -> Path | None:
     """The highest ancestor of `path` (or itself) that does not exist yet."""
     missing = None
@@ -450,8 +468,21 @@ class RunFolders(Callback):
     def on_run_start(self, config, **kwargs: Any) -> None:
         with _refusing():
             check_task_name(config.task_name)
-            if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks write no run folder
-                claim_run(Path(str(config.hydra.run.dir)))
+            if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks write no run folder
+                return
+            run_dir = Path(str(config.hydra.run.dir))
+            given = any(
+                o.lstrip("+").startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra
+            )
+            if given:  # the user's own folder: theirs, or refused
+                claim_run(run_dir)
+                return
+            claimed = claim_free_run(run_dir)  # the dated default: two runs in one second
+            if claimed != _key(run_dir):
+                from omegaconf import read_write
+
+                with read_write(config.hydra.run):  # Hydra makes the run folder from it next
+                    config.hydra.run.dir = str(claimed)
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         from dlrun.launchers import check_launcher

@@ -423,3 +423,39 @@ def test_a_run_piped_into_head_trains_to_its_end(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
+    """The dated default folder of a run taken by another run started in the same second: the
+    second takes <folder>-2 (no refusal, nothing shared); a folder the user named is refused."""
+    from omegaconf import OmegaConf
+
+    from dlrun import folders
+
+    taken = tmp_path / "outputs" / "train" / "2026-11-30" / "10-07-44"
+    taken.mkdir(parents=True)
+    (taken / "summary.json").write_text("{}")  # another run's
+    before = hashes(taken)
+
+    def config(*hydra_overrides: str):
+        return OmegaConf.create(
+            {
+                "task_name": "train",
+                "hydra": {
+                    "run": {"dir": str(taken)},
+                    "overrides": {"hydra": list(hydra_overrides)},
+                },
+            }
+        )
+
+    chosen = config()
+    folders.RunFolders().on_run_start(chosen)
+    try:
+        assert chosen.hydra.run.dir == str(taken.with_name("10-07-44-2"))
+        assert (taken.with_name("10-07-44-2") / folders.RUN_MARKER).is_file()
+        assert hashes(taken) == before
+    finally:
+        folders.release(taken.with_name("10-07-44-2"))
+    with pytest.raises(folders.Refused, match="already holds a run"):
+        folders.RunFolders().on_run_start(config(f"hydra.run.dir={taken}"))
+    assert hashes(taken) == before
