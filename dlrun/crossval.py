@@ -78,9 +78,7 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
             refit = refit_cfg(cfg, summaries, resumable(run_dir))
             from dlrun.runner import run
 
-            summary = run(refit, run_dir, part="refit")
-            summary["val"] = {k: m["mean"] for k, m in scores["cv"].items()}
-            summary["monitor"]["best"] = summary["val"].get(monitor_name(conf))
+            summary = run(refit, run_dir, part="refit", folds=scores)  # val: the folds' means
         else:
             summary = folds_only_summary(conf, summaries, scores, run_dir)
         summary.update(scores)

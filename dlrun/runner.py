@@ -23,10 +23,13 @@ from dlrun.validate import validate
 log = logging.getLogger("dlrun")
 
 
-def run(cfg: DictConfig, run_dir: Path | str, part: str | None = None) -> dict:
+def run(
+    cfg: DictConfig, run_dir: Path | str, part: str | None = None, folds: dict | None = None
+) -> dict:
     """Train and evaluate the experiment `cfg` describes; write its run folder; return the
     summary (what `summary.json` holds). With data.cv.folds, the run cross-validates
-    (dlrun.crossval), which runs each fold and the refit through here as `part`."""
+    (dlrun.crossval), which runs each fold and the refit through here as `part`; the refit
+    gets the `folds`' scores (`cv`, `cv_setup`) for its summary and loggers."""
     started = time.perf_counter()
     load_catalog()
     conf = validate(cfg)  # every problem at once, before any work
@@ -68,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path | str, part: str | None = None) -> dict:
         if resume is not None:
             check_same_experiment(resume.get("config", {}), conf, path)
             check_unchanged(run_dir, prep, conf)
-        return train_and_record(cfg, conf, prep, run_dir, resume, main, started, part)
+        return train_and_record(cfg, conf, prep, run_dir, resume, main, started, part, folds)
     except BaseException:
         scratch.close()  # first: a folder holding only scratch/ is still unused
         folders.discard_if_unused(given)  # a folder that holds nothing of the run's own
@@ -79,7 +82,7 @@ def run(cfg: DictConfig, run_dir: Path | str, part: str | None = None) -> dict:
 
 
 def train_and_record(
-    cfg, conf, prep, run_dir: Path, resume, main: bool, started: float, part=None
+    cfg, conf, prep, run_dir: Path, resume, main: bool, started: float, part=None, folds=None
 ) -> dict:
     """Fit, evaluate and write the run folder; a run that stops early records why. A fold of a
     cross-validated run (`part` fold) prints no table of its own."""
@@ -132,6 +135,11 @@ def train_and_record(
                 raise stopped from None
             raise
         summary = make_summary(conf, prep, fitted, run_dir, started)
+        if folds is not None:  # a cross-validated run's refit: no validation rows of its own,
+            summary.update(folds)  # its val scores are the folds' means
+            summary["val"] = {k: m["mean"] for k, m in folds["cv"].items()}
+            name = conf.trainer.early_stopping.monitor.removeprefix("val_")
+            summary["monitor"]["best"] = summary["val"].get(name)
         if main:
             from dlrun import plots
 
