@@ -150,7 +150,8 @@ def train_and_record(
             summary.update(fitted.pictures(run_dir) or {})  # the model's own: predictions, ...
             write_json(run_dir / "summary.json", summary)  # last: a completed run is whole
             logger.close(OmegaConf.to_container(cfg, resolve=True), summary, run_dir)
-            log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+            if summary["test"]:  # (a fold of a cross-validated run is scored on its val rows)
+                log.info("test %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
             if part is None:  # a fold prints a line; the refit's table comes with the folds'
                 print_summary(summary, prep.entry.family)
         distributed.barrier()
@@ -708,13 +709,19 @@ def fit_network(prep, conf, run_dir: Path, logger, resume=None) -> Fitted:
         )
     # the best checkpoint is loaded: score it with the objective's own evaluation
     scores, inputs = score(prep, model, objective, conf)
-    pictures = objective.pictures(model, inputs["test"], prep)
+    pictures = no_pictures  # a fold of a cross-validated run has no test rows to draw
+    if "test" in inputs:
+        pictures = objective.pictures(model, inputs["test"], prep)
     if conf.trainer.permutation_importance and not validating:
         log.info("permutation importance: the refit has no validation rows; see each fold's")
     elif conf.trainer.permutation_importance:
         importance = permutation_importance(prep, model, conf)
         pictures = with_importance(pictures, importance, prep.data, "permutation")
     return Fitted(result, scores, params, pictures, untrained)
+
+
+def no_pictures(run_dir: Path) -> None:
+    """What a run without test rows draws besides its curves: nothing."""
 
 
 def trial_reporter(conf):
@@ -785,7 +792,8 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
     measure them: a network by its objective's evaluation (returns the splits' inputs on the
     device too), an estimator by the shared metric code (returns its outputs too)."""
     # (the refit of a cross-validated run has no validation rows: its test scores alone)
-    splits = {n: prep.splits[n] for n in ("val", "test") if n == "test" or len(prep.splits[n][1])}
+    # (a cross-validated run's refit has no validation rows, its folds no test rows)
+    splits = {n: prep.splits[n] for n in ("val", "test") if len(prep.splits[n][1])}
     if objective is not None:
         import torch
 
@@ -800,13 +808,13 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
             name: objective.evaluate(model, inputs[name], splits[name][1], lengths=lengths[name])
             for name in inputs
         }
-        return {"val": {}, **scores}, inputs
+        return {"val": {}, "test": {}, **scores}, inputs
     from dlrun.metrics import compute_metrics
 
     outputs = {name: model.predict(x) for name, (x, _) in splits.items()}
     task, loss = prep.spec.task, conf.trainer.loss
     scores = {name: compute_metrics(task, splits[name][1], outputs[name], loss) for name in outputs}
-    return {"val": {}, **scores}, outputs
+    return {"val": {}, "test": {}, **scores}, outputs
 
 
 def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
@@ -832,7 +840,9 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     rounds = f" ({result.epochs_run} rounds)" if result.epochs_run > 1 else ""
     log.info("%s fitted in %.2f s%s; saved %s", entry.name, result.train_time_s, rounds, path.name)
     scores, outputs = score(prep, estimator, None, conf)
-    pictures = confusion_pictures(spec, splits["test"][1], outputs["test"])
+    pictures = no_pictures
+    if "test" in outputs:  # (a fold of a cross-validated run has no test rows)
+        pictures = confusion_pictures(spec, splits["test"][1], outputs["test"])
     importance = getattr(estimator.model, "feature_importances_", None)
     if importance is not None:
         pictures = with_importance(pictures, importance, prep.data)

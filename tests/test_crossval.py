@@ -87,15 +87,17 @@ def test_random_forest_folds_score_as_scikit_learns_cross_validate(tmp_path):
         "train_rows": len(rest) - len(rest) // 4 - (len(rest) % 4 > 0),
         "val_rows": len(rest) // 4 + (len(rest) % 4 > 0),
     }
-    # every fold is a run of its own; the refit is the run folder's model, scored on the test
+    # every fold is a run of its own, scored on its validation rows alone; the refit is the
+    # run folder's model, and the one run scored on the test split
     for n in range(1, 9):
         fold = json.loads((run_dir / "folds" / str(n) / "summary.json").read_text())
-        assert fold["status"] == "completed" and fold["rows"]["test"] == summary["rows"]["test"]
+        assert fold["status"] == "completed" and fold["rows"]["test"] == 0 and fold["test"] == {}
+        assert not (run_dir / "folds" / str(n) / "confusion_matrix.png").exists()
     assert (run_dir / "checkpoints" / "model.skops").is_file()
     assert summary["status"] == "completed" and 0.85 < summary["test"]["accuracy"] <= 1
     # the refit: the same forest fitted on every row outside the test split, scored once
-    assert summary["rows"] == {"train": len(rest), "val": 0, "test": fold["rows"]["test"]}
     test_rows = np.setdiff1d(np.arange(len(raw.y)), rest)
+    assert summary["rows"] == {"train": len(rest), "val": 0, "test": len(test_rows)}
     forest.fit(x, y)
     test_x = np.asarray(raw.x, dtype=np.float32)[test_rows]
     ours = forest.score(test_x, np.asarray(raw.y)[test_rows])

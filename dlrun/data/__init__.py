@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from dlrun.config import ALL_ROWS
 from dlrun.errors import ConfigError, UserError
 
 DATA_KINDS = ("image", "sequence", "tabular")
@@ -212,6 +213,8 @@ def build_data(cfg, fitted=None) -> DataModule:
     cv = getattr(cfg, "cv", None)
     if cv is not None and cv.folds is not None and cv.fold is not None:
         train, val = cv_rows(raw, cfg, np.concatenate([train, val]), cv.fold)
+        if cv.fold != ALL_ROWS:  # a fold is scored on its validation rows; the test split is
+            test = test[:0]  # scored once, by the refit
     raw, (train, val, test) = select_rows(raw, (train, val, test), cfg)
     if getattr(raw.x, "lazy", False):  # read from disk a batch at a time (dlrun.data.lazy)
         return lazy_data(raw, cfg, (train, val, test), fitted)
@@ -536,8 +539,6 @@ def group_cut(rows: np.ndarray, groups: np.ndarray, share: float, what: str, see
 def cv_rows(raw: RawData, cfg, rest: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of data.cv.fold `fold`; the refit's (ALL_ROWS): every
     non-test row trains, in their order, and no row validates."""
-    from dlrun.config import ALL_ROWS
-
     if fold == ALL_ROWS:
         return np.sort(rest), rest[:0]
     return cv_folds(raw, cfg, rest)[fold]
