@@ -209,9 +209,10 @@ def metrics_table(title: str, val: dict, test: dict, val_label: str = "val"):
     table.add_column("metric")
     table.add_column(val_label, justify="right")
     table.add_column("test", justify="right")
-    for name in test:  # (a refit on every non-test row has no validation scores)
-        shown = table_number(val[name]) if name in val else "-"
-        table.add_row(name, shown, table_number(test[name]))
+    # (a cross-validated run's refit has no validation scores, its folds no test scores)
+    for name in test or val:
+        row = [table_number(part[name]) if name in part else "-" for part in (val, test)]
+        table.add_row(name, *row)
     return table
 
 

@@ -140,6 +140,8 @@ def test_a_networks_refit_trains_every_non_test_row_for_the_folds_median_best_ep
     assert "fold: -1" in config and f"epochs: {best}" in config
     again = evaluate(run_dir, [], tmp_path / "eval")
     assert again["val"] == {} and again["test"] == summary["test"]
+    fold = evaluate(run_dir / "folds" / "1", [], tmp_path / "eval-fold")  # never the test rows
+    assert fold["test"] == {} and fold["val"] == folds[0]["val"]
 
 
 def test_xgboosts_refit_boosts_the_folds_median_best_round(tmp_path):
