@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	set -o pipefail; $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
 		| { grep -v '^WARNING: Location' || true; }
+	@# an older .venv may hold hydra-optuna-sweeper, which no longer imports beside Optuna 4+
+	$(BIN)/python -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	touch $(STAMP)
 
 train: install ## Train the default experiment (extra overrides: make train ARGS="model=lenet5")
