@@ -265,6 +265,7 @@ class Search:
         self.metrics, self.directions = objectives(self.settings, self.config)
         check_settings(self.settings, self.metrics)
         self.lock = threading.Lock()
+        self.interrupted = False  # a trial was stopped by SIGINT / SIGTERM: no new trials
 
     def open_study(self):
         import optuna
@@ -337,6 +338,8 @@ class Search:
         if workers == 1:
             for _ in range(todo):
                 returns.append(self.trial(study))
+                if self.interrupted:
+                    break
         else:
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
                 running = {pool.submit(self.trial, study) for _ in range(min(workers, todo))}
@@ -347,11 +350,16 @@ class Search:
                     )
                     for future in done:
                         returns.append(future.result())
-                        if started < todo:
+                        if started < todo and not self.interrupted:
                             running.add(pool.submit(self.trial, study))
                             started += 1
         finished = study.get_trials()
         log.info("search: %s", tally(finished))
+        if self.interrupted:
+            log.warning(
+                "search: stopped by a signal (Ctrl-C or SIGTERM); run the same command to "
+                "continue the study where it stopped"
+            )
         write_results(self.sweep_dir, study, name, self.metrics)
         if len(self.directions) > 1 and any(t.state == TrialState.COMPLETE for t in finished):
             front = sorted(t.number for t in study.best_trials)
@@ -422,6 +430,8 @@ class Search:
         except (OSError, ValueError):
             summary = {}
         status = summary.get("status")
+        if status == "interrupted":  # Ctrl-C (or SIGTERM) stops the search, not this trial alone
+            self.interrupted = True
         if status == "pruned":
             return TrialState.PRUNED, None
         if status != "completed":

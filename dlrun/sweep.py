@@ -422,7 +422,7 @@ def terminal_view(rows: list[dict], columns: list[str], ranked: dict):
     numbers keep 4 significant digits. leaderboard.csv/.md keep every column (the other test metrics too)."""
     tokens = [r["overrides"].split() for r in rows]
     common, own_overrides = split_overrides(rows)
-    above = [f"every job: {' '.join(common)}"] if common else []
+    above = [f"every job: {shorten(' '.join(common))}"] if common else []
     same, named = {}, set()
     for key in ("model", "data"):
         values = {r.get(key) for r in rows if r["status"] == "ok"}

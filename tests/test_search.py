@@ -127,6 +127,35 @@ def test_a_killed_search_continues_its_study_when_run_again(tmp_path):
     assert "0 more trial(s) of 4" in " ".join((third.stderr + third.stdout).split())
 
 
+def test_sigterm_stops_the_whole_search_and_leaves_it_to_continue(tmp_path):
+    """SIGTERM (or Ctrl-C) while a trial trains: that trial stops cleanly and no other starts;
+    the leaderboard is written and dlrun exits 143."""
+    sweep_dir = tmp_path / "search"
+    args = [*SEARCH, "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none"]
+    args += ["trainer.max_epochs=300", "trainer.early_stopping.patience=null"]
+    process = subprocess.Popen(
+        [str(BIN / "dlrun"), "-m", *args, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    records = sweep_dir / "0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        records.exists() and len(records.read_text().splitlines()) >= 2
+    ):
+        assert process.poll() is None, "the search ended before it could be stopped"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-2000:]
+    assert "run the same command to continue" in " ".join((out + err).split())
+    assert [t.state.name for t in study(sweep_dir).trials] == ["FAIL"]
+    assert not (sweep_dir / "1").exists()
+    assert leaderboard(sweep_dir)["0"]["status"] == "interrupted"
+
+
 def test_a_search_under_joblib_runs_its_trials_side_by_side(tmp_path):
     result, sweep_dir = search(
         tmp_path,
