@@ -7,6 +7,7 @@ message and exit with code 2, without a traceback. HYDRA_FULL_ERROR=1 shows the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -43,6 +44,10 @@ def _train(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     main_rank = os.environ.get("RANK", "0") == "0"
+    if sweeping and folders.SWEEP_STOPPED:  # a signal stopped an earlier job of this sweep:
+        with contextlib.suppress(OSError):  # the jobs after it do not start (Hydra made the
+            run_dir.rmdir()  # folder; it is empty)
+        return float("nan")
     try:
         if main_rank:  # a single run's folder is claimed already (RunFolders.on_run_start)
             folders.claim_run(run_dir, "hydra.sweep.dir" if sweeping else "hydra.run.dir")
@@ -70,6 +75,8 @@ def _train(cfg: DictConfig) -> float | None:
             return float("nan")
         if not isinstance(ex, UserError):
             raise
+        if sweeping:  # Interrupted (Ctrl-C, SIGTERM): the sweep stops here, not this job alone
+            folders.SWEEP_STOPPED = True
         _user_errors.append(ex)
         # A run stopped by a config problem leaves no folder of its own behind; a folder that
         # holds anything else is kept as it is.

@@ -51,6 +51,9 @@ class Claim:
 
 # folder (resolved) -> its claim, for every folder this process holds
 _HELD: dict[Path, Claim] = {}
+# A signal (Ctrl-C, SIGTERM) stopped a job of this process's sweep: the jobs after it are not
+# started, and the sweep is not recorded as finished (its report says how many never ran)
+SWEEP_STOPPED = False
 
 
 def _key(path: Path) -> Path:
@@ -485,7 +488,10 @@ class RunFolders(Callback):
                     config.hydra.run.dir = str(claimed)
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
+        global SWEEP_STOPPED
         from dlrun.launchers import check_launcher
+
+        SWEEP_STOPPED = False
 
         with _refusing():
             check_task_name(config.task_name)
@@ -510,7 +516,8 @@ class RunFolders(Callback):
             watch.stop()
         if sweep_dir not in _HELD:  # not ours: never touch another sweep's folder
             return
-        finish_sweep(sweep_dir)
+        if not SWEEP_STOPPED:
+            finish_sweep(sweep_dir)
         release(sweep_dir)
         sweep.report(sweep_dir)
         from dlrun.loggers import end_sweep
