@@ -115,3 +115,16 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in gpu:
             item.add_marker(skip)
+
+
+def signal_once_recorded(process, records: Path, lines: int, signum: int) -> None:
+    """Send `signum` to `process` once `records` (a job's metrics.jsonl) holds `lines` epochs."""
+    import time
+
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        records.exists() and len(records.read_text().splitlines()) >= lines
+    ):
+        assert process.poll() is None, "the process ended before it could be signalled"
+        time.sleep(0.05)
+    process.send_signal(signum)

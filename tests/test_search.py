@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, cli
+from conftest import BIN, cli, signal_once_recorded
 
 SEARCH = ("hparams_search=mlp_optuna", "data=iris", "hydra.sweeper.sampler=random")
 
@@ -140,14 +140,7 @@ def test_sigterm_stops_the_whole_search_and_leaves_it_to_continue(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    records = sweep_dir / "0" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-        records.exists() and len(records.read_text().splitlines()) >= 2
-    ):
-        assert process.poll() is None, "the search ended before it could be stopped"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    signal_once_recorded(process, sweep_dir / "0" / "metrics.jsonl", 2, signal.SIGTERM)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 143, err[-2000:]
     assert "run the same command to continue" in " ".join((out + err).split())

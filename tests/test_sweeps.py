@@ -237,9 +237,8 @@ def test_sigterm_stops_a_sweep_after_its_running_job(tmp_path):
     """SIGTERM (a cluster's time limit, or Ctrl-C) during job 1 of 3: that job stops cleanly
     and can be resumed, the other two never start, and the leaderboard says so."""
     import signal
-    import time
 
-    from conftest import BIN
+    from conftest import BIN, signal_once_recorded
 
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "data=iris", "optim.lr=0.001,0.002,0.003", "trainer.max_epochs=300"]
@@ -247,14 +246,7 @@ def test_sigterm_stops_a_sweep_after_its_running_job(tmp_path):
     process = subprocess.Popen(
         [str(BIN / "dlrun"), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    records = sweep_dir / "0" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-        records.exists() and len(records.read_text().splitlines()) >= 2
-    ):
-        assert process.poll() is None, "the sweep ended before it could be stopped"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    signal_once_recorded(process, sweep_dir / "0" / "metrics.jsonl", 2, signal.SIGTERM)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 143, err[-2000:]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0"]
