@@ -242,16 +242,29 @@ def make_sampler(sweeper_cfg, space: dict):
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def check_settings(sweeper_cfg, metrics) -> None:
+def check_settings(sweeper_cfg, metrics, given: list[str]) -> None:
+    """Settings that cannot work together refused; a search config's pruner left on for a
+    multi-objective search (`given`: the command line's hydra overrides) turned off."""
     if sweeper_cfg.pruner not in PRUNERS:
         raise UserError(not_one_of("hydra.sweeper.pruner", "a pruner", sweeper_cfg.pruner, PRUNERS))
-    if sweeper_cfg.pruner != "none" and metrics and len(metrics) > 1:
-        raise UserError(
-            f"hydra.sweeper.pruner={sweeper_cfg.pruner}: Optuna prunes single-objective searches "
-            f"only; this one optimizes {len(metrics)} metrics. Use hydra.sweeper.pruner=none."
-        )
+    if sweeper_cfg.pruner != "none" and multi_objective(sweeper_cfg):
+        if any(o.lstrip("+").startswith("hydra.sweeper.pruner=") for o in given):
+            raise UserError(
+                f"hydra.sweeper.pruner={sweeper_cfg.pruner}: Optuna prunes single-objective "
+                f"searches only; this one optimizes {len(metrics)} metrics. Use "
+                "hydra.sweeper.pruner=none."
+            )
+        log.info(
+            "search: no pruning (Optuna prunes single-objective searches only; this one "
+            "optimizes %s)",
+            ", ".join(metrics),
+        )  # the trials' jobs see the same (job_reporter)
     if sweeper_cfg.n_trials < 1:
         raise UserError(f"hydra.sweeper.n_trials must be at least 1. Got {sweeper_cfg.n_trials}.")
+
+
+def multi_objective(sweeper_cfg) -> bool:
+    return bool(sweeper_cfg.metrics) and len(sweeper_cfg.metrics) > 1
 
 
 class Search:
@@ -263,7 +276,10 @@ class Search:
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self.fixed, self.space = search_space(self.settings.params, arguments)
         self.metrics, self.directions = objectives(self.settings, self.config)
-        check_settings(self.settings, self.metrics)
+        given = list(OmegaConf.select(self.config, "hydra.overrides.hydra") or [])
+        check_settings(self.settings, self.metrics, given)
+        if multi_objective(self.settings):
+            self.settings.pruner = "none"
         self.lock = threading.Lock()
         self.interrupted = False  # a trial was stopped by SIGINT / SIGTERM: no new trials
 
@@ -553,6 +569,8 @@ def job_reporter(conf) -> Reporter | None:
         return None
     sweeper = hydra_cfg.sweeper
     if not is_search(sweeper) or sweeper.pruner == "none" or conf.data.cv.folds is not None:
+        return None
+    if multi_objective(sweeper):  # (the search turned its pruner off)
         return None
     import optuna
 
