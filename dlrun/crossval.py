@@ -80,8 +80,7 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
 
             summary = run(refit, run_dir, part="refit", folds=scores)  # val: the folds' means
         else:
-            summary = folds_only_summary(conf, summaries, scores, run_dir)
-        summary.update(scores)
+            summary = with_fold_scores(folds_only_summary(conf, summaries, run_dir), scores, conf)
         summary["wall_time_s"] = time.perf_counter() - started  # the folds' runs and the refit
         write_json(run_dir / "summary.json", summary)
         if cv.refit:
@@ -215,8 +214,14 @@ def refit_cfg(cfg, summaries: list[dict], resume: str | None):
     return sub
 
 
-def monitor_name(conf) -> str:
-    return conf.trainer.early_stopping.monitor.removeprefix("val_")
+def with_fold_scores(summary: dict, scores: dict, conf) -> dict:
+    """`summary` of the run that cross-validated (its refit's, or the folds' alone) with the
+    folds' scores: `cv`, `cv_setup`, and as its `val` and monitored best the folds' means."""
+    summary.update(scores)
+    summary["val"] = {k: m["mean"] for k, m in scores["cv"].items()}
+    name = conf.trainer.early_stopping.monitor.removeprefix("val_")
+    summary["monitor"]["best"] = summary["val"].get(name)
+    return summary
 
 
 def fold_scores(summaries: list[dict], cv, split_seed: int) -> dict:
@@ -258,12 +263,11 @@ def describe(scores: dict) -> str:
     return f"{runs}, validation: {shown}"
 
 
-def folds_only_summary(conf, summaries, scores, run_dir: Path) -> dict:
+def folds_only_summary(conf, summaries, run_dir: Path) -> dict:
     """summary.json of a run that cross-validated without a refit: no model of its own, no
     test scores; the monitored metric is the mean over the folds (its wall time: the
     caller's, over every fold)."""
     stopping = conf.trainer.early_stopping
-    name = monitor_name(conf)
     first = summaries[0]
     return {
         "status": "completed",
@@ -275,12 +279,12 @@ def folds_only_summary(conf, summaries, scores, run_dir: Path) -> dict:
         "monitor": {
             "metric": stopping.monitor,
             "mode": first["monitor"]["mode"],
-            "best": scores["cv"][name]["mean"],
+            "best": None,  # (with_fold_scores: the folds' mean)
         },
         "best_epoch": None,
         "epochs_run": sum(s["epochs_run"] for s in summaries),
         "stopped_early": False,
-        "val": {k: m["mean"] for k, m in scores["cv"].items()},
+        "val": {},
         "test": {},
         "params": first["params"],
         "run_dir": str(run_dir),

@@ -135,11 +135,10 @@ def train_and_record(
                 raise stopped from None
             raise
         summary = make_summary(conf, prep, fitted, run_dir, started)
-        if folds is not None:  # a cross-validated run's refit: no validation rows of its own,
-            summary.update(folds)  # its val scores are the folds' means
-            summary["val"] = {k: m["mean"] for k, m in folds["cv"].items()}
-            name = conf.trainer.early_stopping.monitor.removeprefix("val_")
-            summary["monitor"]["best"] = summary["val"].get(name)
+        if folds is not None:  # a cross-validated run's refit: no validation rows of its own
+            from dlrun.crossval import with_fold_scores
+
+            summary = with_fold_scores(summary, folds, conf)
         if main:
             from dlrun import plots
 
@@ -791,7 +790,6 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
     """Validation and test metrics of a trained model, the one way training and dlrun-eval
     measure them: a network by its objective's evaluation (returns the splits' inputs on the
     device too), an estimator by the shared metric code (returns its outputs too)."""
-    # (the refit of a cross-validated run has no validation rows: its test scores alone)
     # (a cross-validated run's refit has no validation rows, its folds no test rows)
     splits = {n: prep.splits[n] for n in ("val", "test") if len(prep.splits[n][1])}
     if objective is not None:

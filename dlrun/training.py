@@ -142,7 +142,7 @@ def fit_torch(
     """Train `model` for `objective` (by default the data's own: classes or targets) on
     splits['train'], evaluate splits['val'] every epoch, keep last.pt and best.pt. An empty
     validation split (a cross-validated run's refit on every non-test row) trains its
-    trainer.max_epochs and keeps the last epoch as best.pt.
+    last_epoch(conf) epochs and keeps the last one as best.pt.
 
     `resume` (a last.pt) continues from its epoch with every state it holds restored, so the run
     ends where the uninterrupted one would have. With `data` (the DataModule) images train from
