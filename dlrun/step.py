@@ -47,13 +47,13 @@ class Steps:
         losses, norms = [], []
         for phase in self.phases:
             optimizer, params = self.state.optimizers[phase], self.state.params[phase]
+            optimizer.zero_grad(set_to_none=not graphed)  # captured: gradients stay in place
             with autocast(self.device, tcfg.precision, cache=not graphed):
                 if self.world == 1:
                     loss = self.objective.mean_loss(self.model, batch, phase)
                 else:  # a rank's part of the global mean: DDP's average then gives the exact one
                     per_sample = self.objective.loss(self.model, batch, phase)  # (B,)
                     loss = per_sample.sum() * (self.world / global_batch)
-            optimizer.zero_grad(set_to_none=not graphed)  # captured: gradients stay in place
             scaled = loss / self.objective.grad_scale if self.objective.grad_scale != 1.0 else loss
             if scaler.is_enabled():  # fp16: scaled backward, then true gradients
                 scaler.scale(scaled).backward()
