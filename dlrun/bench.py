@@ -358,6 +358,12 @@ def bench(argv: list[str] | None) -> None:
         "--out", default=None, help="JSON file (default: outputs/bench/bench-<time>.json)"
     )
     args = parser.parse_args(argv)
+    out = writable(
+        Path(args.out)
+        if args.out
+        else Path("outputs") / "bench" / time.strftime("bench-%Y-%m-%d-%H-%M-%S.json"),
+        parser,
+    )
     result = run(args.scale, max(args.epochs, 2), args.repeats, args.batch, args.device, args.cases)
     result["folder_cases"] = folder_cases(args.scale, args.workers, args.cases, args.device)
 
@@ -400,14 +406,23 @@ def bench(argv: list[str] | None) -> None:
         f"beside it, in a bare process: import torch {cli['import_torch_s']:.1f} s; import torch "
         f"to the end of a first Adam step {cli['bare_torch_first_step_s']:.1f} s"
     )
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("outputs") / "bench" / time.strftime("bench-%Y-%m-%d-%H-%M-%S.json")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
+
+
+def writable(out: Path, parser) -> Path:
+    """`out`, checked before the minutes of measuring: its folder is made and the file can be
+    written (a file already there is left as it is until the end), or one line and exit 2."""
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a"):
+            pass
+    except OSError as ex:
+        parser.error(f"--out: cannot write {out}: {ex.strerror or ex}")
+    if not existed:
+        out.unlink()
+    return out
 
 
 if __name__ == "__main__":

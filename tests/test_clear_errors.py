@@ -352,3 +352,26 @@ def test_other_mistakes_in_the_config(tmp_path, args, message):
     result = cli(*args, cwd=tmp_path)
     fails_with(result, message)
     assert len(result.stderr.splitlines()) == 1  # not Hydra's "Error executing job" as well
+
+
+def test_the_bench_refuses_an_unwritable_out_before_measuring(tmp_path):
+    """`make bench` runs for minutes: a --out it cannot write is refused first, in one line."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("kept\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "dlrun.bench", "--out", str(blocker / "bench.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: --out: cannot write {blocker / 'bench.json'}: " in done.stderr
+    assert done.stdout == "" and blocker.read_text() == "kept\n"
+    # a file that is already there is kept until the bench writes its result
+    kept = tmp_path / "old.json"
+    kept.write_text("{}")
+    from dlrun.bench import writable
+
+    assert writable(kept, None) == kept and kept.read_text() == "{}"
+    assert writable(tmp_path / "new" / "b.json", None) == tmp_path / "new" / "b.json"
+    assert not (tmp_path / "new" / "b.json").exists()
