@@ -5,6 +5,7 @@ boosting round in metrics.jsonl. Saved in XGBoost's own UBJSON format."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ def round_records(run_dir: Path, update, reporter=None):
         def __init__(self):
             super().__init__()
             self.records, self.file = [], (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            self.best = math.inf  # the lowest value shown so far (every metric here: lower)
 
         def after_iteration(self, model, epoch: int, evals_log) -> bool:
             (metric,) = evals_log["validation_0"]
@@ -123,8 +125,8 @@ def round_records(run_dir: Path, update, reporter=None):
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
             shown = f"val_{name}" if f"val_{name}" in record else f"train_{name}"
-            best = min(r[shown] for r in self.records)
-            update(epoch + 1, f"{shown} {number(record[shown])}  best {number(best)}")
+            self.best = min(self.best, record[shown])
+            update(epoch + 1, f"{shown} {number(record[shown])}  best {number(self.best)}")
             if reporter is not None:
                 reporter.log(record)  # dlrun.search.Pruned ends the fit here
             return False  # go on (early stopping is XGBoost's own)
