@@ -186,6 +186,10 @@ def fit_torch(
     y_val = splits["val"][1]
     val_lengths = None if batches.lengths is None else _as_device(data.lengths["val"], device)
     validating = len(y_val) > 0  # the refit of a cross-validated run has no validation rows
+
+    def val() -> dict:  # the validation metrics of the network as it is now
+        return objective.evaluate(net, x_val, y_val, lengths=val_lengths)
+
     history, start = [], 1
     if resume is not None:
         history, start = restore(net, state, resume, run_dir, main, tcfg.max_epochs)
@@ -209,22 +213,9 @@ def fit_torch(
             numbers = steps.epoch_numbers(done)  # the epoch's one host synchronisation
             epoch_train_time = time.perf_counter() - t_epoch
             state.train_time += epoch_train_time
-            losses = [v for k, v in numbers.items() if k.startswith("train_loss")]
-            if not all(math.isfinite(v) for v in losses):
-                raise diverged(numbers, epoch, steps, state.stopper, conf)
-            record = {"epoch": epoch, **numbers}
-            if validating:
-                val = objective.evaluate(net, x_val, y_val, lengths=val_lengths)
-                record.update({f"val_{k}": v for k, v in val.items()})
-            record["lr"] = lr
-            # early stopping and the schedules; with no validation part (a cross-validated
-            # run's refit) the schedules follow the training loss and the last epoch is kept
-            value = record[monitor] if validating else losses[-1]
-            improved = state.end_epoch(value, epoch, keep_last=not validating)
-            if health is not None:
-                t_health = time.perf_counter()
-                record.update(health.measure())  # one probe batch: no cost in the steps
-                record["health/probe_time_s"] = time.perf_counter() - t_health
+            record, improved = epoch_record(
+                epoch, numbers, lr, state, steps, conf, val if validating else None, health
+            )
             record["train_time_s"] = epoch_train_time  # the training steps alone
             record["epoch_time_s"] = time.perf_counter() - t_epoch
             history.append(record)
@@ -254,6 +245,28 @@ def fit_torch(
         cuda_graphs=steps.captured,
         startup_s=startup,
     )
+
+
+def epoch_record(epoch, numbers, lr, state, steps, conf, val=None, health=None):
+    """The epoch's metrics line once its steps ran (`numbers`: Steps.epoch_numbers), and whether
+    it is a new best: a training loss that is not finite ends the run; the validation metrics
+    (`val()`; None without validation rows) and the monitored value go to early stopping and
+    the schedules; then the health probe. Without validation rows (a cross-validated run's
+    refit) the schedules follow the training loss and every epoch is kept."""
+    losses = [v for k, v in numbers.items() if k.startswith("train_loss")]
+    if not all(math.isfinite(v) for v in losses):
+        raise diverged(numbers, epoch, steps, state.stopper, conf)
+    record = {"epoch": epoch, **numbers}
+    if val is not None:
+        record.update({f"val_{k}": v for k, v in val().items()})
+    record["lr"] = lr
+    value = losses[-1] if val is None else record[conf.trainer.early_stopping.monitor]
+    improved = state.end_epoch(value, epoch, keep_last=val is None)
+    if health is not None:
+        t_health = time.perf_counter()
+        record.update(health.measure())  # one probe batch: no cost in the steps
+        record["health/probe_time_s"] = time.perf_counter() - t_health
+    return record, improved
 
 
 def last_epoch(conf) -> int:
