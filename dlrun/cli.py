@@ -39,14 +39,18 @@ def _train(cfg: DictConfig) -> float | None:
     from dlrun.errors import Interrupted, UserError
     from dlrun.runner import run
     from dlrun.search import Pruned
+    from dlrun.training import PENDING, holding_signals
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     main_rank = os.environ.get("RANK", "0") == "0"
-    if sweeping and folders.SWEEP_STOPPED:  # a signal stopped an earlier job of this sweep:
-        with contextlib.suppress(OSError):  # the jobs after it do not start (Hydra made the
-            run_dir.rmdir()  # folder; it is empty)
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    if sweeping and (folders.SWEEP_STOPPED or folders.sweep_stopped(sweep_dir)):
+        # a signal stopped the sweep (an earlier job, or the process that launched this one):
+        # the jobs after it do not start (Hydra made the folder; it is empty)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
         return float("nan")
     try:
         if main_rank:  # a single run's folder is claimed already (RunFolders.on_run_start)
@@ -62,7 +66,8 @@ def _train(cfg: DictConfig) -> float | None:
     if sweeping and main_rank:
         announce_job(hydra_cfg)
     try:
-        summary = run(cfg, run_dir)
+        with holding_signals() if sweeping else contextlib.nullcontext():
+            summary = run(cfg, run_dir)
     except Pruned as ex:  # a search's pruner stopped the trial: its folder says so
         logging.getLogger("dlrun").info("%s", ex)
         return float("nan")
@@ -75,8 +80,9 @@ def _train(cfg: DictConfig) -> float | None:
             return float("nan")
         if not isinstance(ex, UserError):
             raise
-        if sweeping:  # Interrupted (Ctrl-C, SIGTERM): the sweep stops here, not this job alone
+        if sweeping and isinstance(ex, Interrupted):  # Ctrl-C, SIGTERM: the whole sweep stops
             folders.SWEEP_STOPPED = True
+            folders.stop_sweep(sweep_dir, ex.exit_code - 128)
         _user_errors.append(ex)
         # A run stopped by a config problem leaves no folder of its own behind; a folder that
         # holds anything else is kept as it is.
@@ -84,6 +90,9 @@ def _train(cfg: DictConfig) -> float | None:
         return None
     if Path(summary["run_dir"]) != run_dir:  # resumed into its own folder: keep no empty one
         fold_into(run_dir, Path(summary["run_dir"]))
+    if sweeping and PENDING:  # a signal came after training (or to a job without a loop)
+        folders.SWEEP_STOPPED = True
+        folders.stop_sweep(sweep_dir, PENDING[0])
     return summary["monitor"]["best"]  # what a Hydra sweeper optimizes
 
 
@@ -192,6 +201,15 @@ def main() -> None:
         sys.stdout.flush()  # a reader that has gone shows here, not as noise at exit
         if _user_errors:
             raise _user_errors[0]
+        if folders.SWEEP_SIGNAL is not None:  # a sweep whose jobs ran in other processes
+            import signal
+
+            name = signal.Signals(folders.SWEEP_SIGNAL).name
+            fail(
+                f"interrupted by {name}: the sweep stopped (see its leaderboard); its stopped "
+                "jobs continue with trainer.resume=<their folder>.",
+                128 + folders.SWEEP_SIGNAL,
+            )
         from dlrun import search
 
         failed = sweep.LAST_FAILED

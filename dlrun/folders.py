@@ -32,6 +32,9 @@ from dlrun.errors import UserError
 
 RUN_MARKER = ".dlrun-run"
 SWEEP_MARKER = ".dlrun-sweep"
+# In a sweep folder: a signal stopped the sweep (its name). Jobs that would start after it, in
+# any process of the sweep (joblib's workers, submitit's jobs), see it and do not run.
+STOP_FLAG = ".dlrun-stopped"
 HYDRA_DIR = ".hydra"
 # What a claimed folder holds before its run has written anything of its own.
 STUBS = {RUN_MARKER, HYDRA_DIR}
@@ -54,6 +57,67 @@ _HELD: dict[Path, Claim] = {}
 # A signal (Ctrl-C, SIGTERM) stopped a job of this process's sweep: the jobs after it are not
 # started, and the sweep is not recorded as finished (its report says how many never ran)
 SWEEP_STOPPED = False
+SWEEP_SIGNAL: int | None = None  # the signal that stopped this process's last sweep
+
+
+def stop_sweep(sweep_dir: Path, signum: int) -> None:
+    """Say in the sweep folder that `signum` stopped the sweep: its jobs not started yet, in
+    whatever process they would run, do not start."""
+    import signal
+
+    with contextlib.suppress(OSError):
+        (Path(sweep_dir) / STOP_FLAG).write_text(signal.Signals(signum).name + "\n")
+
+
+def sweep_stopped(sweep_dir: Path) -> int | None:
+    """The signal that stopped the sweep in `sweep_dir`, or None while it goes on."""
+    import signal
+
+    try:
+        name = (Path(sweep_dir) / STOP_FLAG).read_text().strip()
+    except OSError:
+        return None
+    return int(getattr(signal.Signals, name, signal.SIGTERM))
+
+
+def _stop_jobs_elsewhere(sweep_dir: Path) -> dict:
+    """SIGINT / SIGTERM handlers for the process that launched a sweep into other processes
+    (joblib's workers, submitit's local jobs), which would die at once (SIGTERM) or kill its
+    workers (Ctrl-C) and leave jobs training on or half written. Instead the sweep is marked
+    stopped (no job starts after this), the jobs running on this machine get SIGTERM (each
+    stops after its current step, resumable, as a single run does; SIGTERM, not a second
+    SIGINT, which would make a job quit at once), and this process waits for them and writes
+    the sweep's report. A second Ctrl-C quits at once. Returns the handlers replaced."""
+    import signal
+
+    def handler(signum, frame) -> None:
+        global SWEEP_STOPPED, SWEEP_SIGNAL
+        if SWEEP_SIGNAL is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        SWEEP_STOPPED, SWEEP_SIGNAL = True, signum
+        stop_sweep(sweep_dir, signum)
+        for marker in Path(sweep_dir).glob(f"*/{RUN_MARKER}"):
+            pid = _running_pid(marker)
+            if pid is not None and pid != os.getpid():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _running_pid(marker: Path) -> int | None:
+    """The pid of the process that holds a run folder on this machine, while it runs."""
+    if not is_active(marker.parent, marker.name):
+        return None
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+        return None
+    return info.get("pid") if isinstance(info.get("pid"), int) else None
 
 
 def _key(path: Path) -> Path:
@@ -462,6 +526,7 @@ def _refusing():
 
 
 _WATCHES: dict = {}  # sweep folder -> its dlrun.sweep.Watch, while submitit runs the jobs
+_PREVIOUS_HANDLERS: dict = {}  # sweep folder -> the signal handlers before its sweep started
 
 
 class RunFolders(Callback):
@@ -488,10 +553,10 @@ class RunFolders(Callback):
                     config.hydra.run.dir = str(claimed)
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        global SWEEP_STOPPED
+        global SWEEP_STOPPED, SWEEP_SIGNAL
         from dlrun.launchers import check_launcher
 
-        SWEEP_STOPPED = False
+        SWEEP_STOPPED, SWEEP_SIGNAL = False, None
 
         with _refusing():
             check_task_name(config.task_name)
@@ -500,23 +565,38 @@ class RunFolders(Callback):
             claim_sweep(Path(str(config.hydra.sweep.dir)), planned, search_key(config))
         from dlrun.loggers import start_sweep
 
-        start_sweep(config, _key(Path(str(config.hydra.sweep.dir))))  # logger=mlflow: its run
-        if "submitit" in str(config.hydra.launcher.get("_target_", "")):
+        sweep_dir = _key(Path(str(config.hydra.sweep.dir)))
+        with contextlib.suppress(OSError):  # a search continued after a stop goes on
+            (sweep_dir / STOP_FLAG).unlink()
+        start_sweep(config, sweep_dir)  # logger=mlflow: its run
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if "BasicLauncher" not in launcher:  # jobs in other processes: signals reach them
+            _PREVIOUS_HANDLERS[sweep_dir] = _stop_jobs_elsewhere(sweep_dir)
+        if "submitit" in launcher:
             from dlrun.sweep import Watch  # its jobs' lines go to files: say how far they are
 
-            sweep_dir = _key(Path(str(config.hydra.sweep.dir)))  # kept outside the callback,
-            _WATCHES[sweep_dir] = Watch(sweep_dir, planned).start()  # which submitit pickles
+            # kept outside the callback, which submitit pickles
+            _WATCHES[sweep_dir] = Watch(sweep_dir, planned).start()
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        global SWEEP_SIGNAL
         from dlrun import sweep
 
         sweep_dir = _key(Path(str(config.hydra.sweep.dir)))
         watch = _WATCHES.pop(sweep_dir, None)
         if watch is not None:
             watch.stop()
+        if sweep_dir in _PREVIOUS_HANDLERS:
+            import signal
+
+            for sig, handler in _PREVIOUS_HANDLERS.pop(sweep_dir).items():
+                signal.signal(sig, handler)
         if sweep_dir not in _HELD:  # not ours: never touch another sweep's folder
             return
-        if not SWEEP_STOPPED:
+        stopped = sweep_stopped(sweep_dir)  # by a signal, in this process or in a job's
+        if stopped is not None:
+            SWEEP_SIGNAL = SWEEP_SIGNAL or stopped
+        elif not SWEEP_STOPPED:
             finish_sweep(sweep_dir)
         release(sweep_dir)
         sweep.report(sweep_dir)

@@ -58,6 +58,37 @@ class FitResult:
     startup_s: float | None = None  # from dlrun's start (its import) to the first training step
 
 
+# A signal a sweep job received outside its training loop (holding_signals); the loop's
+# GracefulStop starts with it and stops after its first step.
+PENDING: list[int] = []
+
+
+@contextlib.contextmanager
+def holding_signals():
+    """Around a sweep job: SIGINT / SIGTERM while it prepares its data or writes its results do
+    not kill the process (a joblib worker's death would end the whole sweep, the in-process
+    launcher's its report); they are kept in PENDING, and the training loop stops as soon as
+    it starts. A second SIGINT quits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    PENDING.clear()
+
+    def handle(signum, frame) -> None:
+        if PENDING and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not PENDING:
+            PENDING.append(signum)
+            log.warning("%s: the sweep stops after this job", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class GracefulStop:
     """SIGINT / SIGTERM set `signum`; the loop finishes its current step and stops. A second
     SIGINT quits at once (KeyboardInterrupt), except inside `writing()`: a checkpoint being
@@ -76,6 +107,8 @@ class GracefulStop:
                 log.warning("SIGINT again: quitting as soon as the checkpoints are written")
                 return
             raise KeyboardInterrupt
+        if self.signum is not None:  # another signal (a sweep's SIGTERM after Ctrl-C): once
+            return
         self.signum = signum
         log.warning(
             "%s: stopping after the current step (press Ctrl-C again to quit at once)",
@@ -94,6 +127,8 @@ class GracefulStop:
             raise KeyboardInterrupt
 
     def __enter__(self) -> GracefulStop:
+        if PENDING:  # received while the job prepared: stop after the first step
+            self.signum = PENDING[0]
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from conftest import cli
+from dlrun import folders
 
 
 def run(tmp_path: Path, *args: str, tool: str = "dlrun") -> subprocess.CompletedProcess:
@@ -254,4 +255,40 @@ def test_sigterm_stops_a_sweep_after_its_running_job(tmp_path):
     assert [r["status"] for r in rows] == ["interrupted"]
     said = " ".join(out.decode().split())
     assert "1 of its 3 planned jobs ran; the other 2 never started" in said
+    assert (sweep_dir / "0" / "checkpoints" / "last.pt").is_file()  # it can be resumed
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_parallel_sweep_and_its_workers(tmp_path, signum):
+    """Under joblib the jobs run in worker processes. SIGTERM to the launching process alone (a
+    scheduler's `kill`) used to end it at once while its workers trained on, orphaned; Ctrl-C
+    killed the workers in the middle of their jobs. Now the running jobs stop cleanly
+    (resumable), no job starts after them, the leaderboard is written, and nothing is left."""
+    import signal
+
+    from conftest import BIN, signal_once_recorded
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "data=iris"]
+    args += ["optim.lr=0.001,0.002,0.003,0.004,0.005", "trainer.max_epochs=300"]
+    args += ["trainer.early_stopping.patience=null", f"hydra.sweep.dir={sweep_dir}"]
+    process = subprocess.Popen(
+        [str(BIN / "dlrun"), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    signal_once_recorded(process, sweep_dir / "0" / "metrics.jsonl", 2, signal.Signals[signum])
+    out, err = process.communicate(timeout=300)
+    code = 128 + signal.Signals[signum]
+    assert process.returncode == code, err[-2000:]
+    assert err.decode().startswith(f"dlrun: interrupted by {signum}: the sweep stopped")
+    assert "Traceback" not in err.decode()
+    rows = leaderboard(sweep_dir)
+    assert {r["status"] for r in rows} == {"interrupted"} and 1 <= len(rows) <= 2
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == [r["job"] for r in rows]  # the jobs after them never started
+    for job in jobs:  # every process is gone: no job writes on
+        assert not folders.is_active(sweep_dir / job)
+        summary = json.loads((sweep_dir / job / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+    said = " ".join(out.decode().split())
+    assert f"{len(rows)} of its 5 planned jobs ran" in said
     assert (sweep_dir / "0" / "checkpoints" / "last.pt").is_file()  # it can be resumed
