@@ -817,6 +817,7 @@ def score(prep, model, objective, conf) -> tuple[dict, dict]:
 
 def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     """The estimator's own fit (no epoch loop); saved in a format that runs no code on load."""
+    from dlrun.training import stop_on_signals
 
     entry, spec, splits = prep.entry, prep.spec, prep.splits
     estimator = entry.build(
@@ -829,7 +830,8 @@ def fit_estimator(prep, conf, run_dir: Path, logger) -> Fitted:
     weights = getattr(prep.data, "weights", None)  # data.sample_weight
     estimator.row_weights = None if weights is None else weights["train"]
     estimator.reporter = trial_reporter(conf)  # XGBoost's rounds feed a search's pruner
-    result = estimator.fit(splits, conf, run_dir)
+    with stop_on_signals(entry.name):
+        result = estimator.fit(splits, conf, run_dir)
     for record in result.history:
         logger.log(record)
     ckpt_dir = run_dir / "checkpoints"

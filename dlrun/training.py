@@ -89,6 +89,36 @@ def holding_signals():
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def stop_on_signals(name: str):
+    """Around an estimator's fit (a forest, XGBoost, a linear model: one call, no epochs to keep
+    or resume): SIGINT / SIGTERM end it at once with an `Interrupted` that says so, recorded in
+    summary.json like any stopped run (a signal held before it, by a sweep job, too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int) -> Interrupted:
+        return Interrupted(
+            f"interrupted by {signal.Signals(signum).name} while {name} was fitting; it has no "
+            "epochs to resume: run the command again.",
+            signum,
+        )
+
+    if PENDING:
+        raise interrupted(PENDING[0])
+
+    def handle(signum, frame) -> None:
+        raise interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class GracefulStop:
     """SIGINT / SIGTERM set `signum`; the loop finishes its current step and stops. A second
     SIGINT quits at once (KeyboardInterrupt), except inside `writing()`: a checkpoint being

@@ -210,3 +210,27 @@ def test_a_checkpoint_older_than_a_setting_resumes_when_the_setting_has_its_defa
     other = validate(make_cfg("data.augment.hflip=true"))
     with pytest.raises(ConfigError, match=r"data.augment.hflip was None, now True"):
         check_same_experiment(saved, other, tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_xgboost_fits_is_recorded_truthfully(tmp_path, signum):
+    """An estimator has no epochs to keep: Ctrl-C used to be reported as "a second Ctrl-C" with
+    a last.pt to resume from that does not exist, and SIGTERM killed it with summary.json left
+    "running". Both now stop the fit at once and say what is true."""
+    from conftest import BIN, signal_once_recorded
+
+    run_dir = tmp_path / "run"
+    args = ["model=xgboost", "data=digits", "model.n_estimators=5000", "model.learning_rate=0.01"]
+    args += ["trainer.early_stopping.patience=null", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(
+        [str(BIN / "dlrun"), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    signal_once_recorded(process, run_dir / "metrics.jsonl", 5, signum)
+    _, err = process.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    message = f"interrupted by {name} while xgboost was fitting; it has no epochs to resume"
+    assert process.returncode == 128 + signum and "Traceback" not in err.decode()
+    assert err.decode().startswith(f"dlrun: {message}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"].startswith(message)
+    assert 5 <= summary["epochs_run"] < 5000  # the rounds written before it stopped
