@@ -58,6 +58,21 @@ class FitResult:
     startup_s: float | None = None  # from dlrun's start (its import) to the first training step
 
 
+@contextlib.contextmanager
+def handling(handle):
+    """`handle` for SIGINT and SIGTERM inside the block, the handlers before it restored after;
+    nothing outside the main thread (where Python runs no signal handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # A signal a sweep job received outside its training loop (holding_signals); the loop's
 # GracefulStop starts with it and stops after its first step.
 PENDING: list[int] = []
@@ -69,9 +84,6 @@ def holding_signals():
     not kill the process (a joblib worker's death would end the whole sweep, the in-process
     launcher's its report); they are kept in PENDING, and the training loop stops as soon as
     it starts. A second SIGINT quits at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     PENDING.clear()
 
     def handle(signum, frame) -> None:
@@ -81,12 +93,8 @@ def holding_signals():
             PENDING.append(signum)
             log.warning("%s: the sweep stops after this job", signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling(handle):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -94,9 +102,6 @@ def stop_on_signals(name: str):
     """Around an estimator's fit (a forest, XGBoost, a linear model: one call, no epochs to keep
     or resume): SIGINT / SIGTERM end it at once with an `Interrupted` that says so, recorded in
     summary.json like any stopped run (a signal held before it, by a sweep job, too)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def interrupted(signum: int) -> Interrupted:
         return Interrupted(
@@ -111,12 +116,8 @@ def stop_on_signals(name: str):
     def handle(signum, frame) -> None:
         raise interrupted(signum)
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling(handle):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class GracefulStop:
