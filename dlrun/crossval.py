@@ -56,7 +56,10 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
             )
     else:
         folders.claim_run(run_dir)
+    from dlrun import loggers
+
     try:
+        loggers.start_cv(cfg, run_dir)  # logger=mlflow: the run its folds are children of
         summaries = []
         log.info(
             "cross-validation: %s of the rows outside the test split, each a run in %s",
@@ -83,6 +86,8 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
             summary = with_fold_scores(folds_only_summary(conf, summaries, run_dir), scores, conf)
         summary["wall_time_s"] = time.perf_counter() - started  # the folds' runs and the refit
         write_json(run_dir / "summary.json", summary)
+        if not cv.refit:
+            loggers.end_cv(cfg, run_dir, summary)
         if cv.refit:
             from dlrun.report import print_summary
 
@@ -90,6 +95,9 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
         print_cv(summary)
         return summary
     except BaseException:
+        made = run_dir / FOLDS  # holding only the MLflow run's id: nothing of the run's own
+        if made.is_dir() and {p.name for p in made.iterdir()} <= {loggers.PARENT_FILE}:
+            shutil.rmtree(made)
         folders.discard_if_unused(run_dir)  # stopped before any fold's run kept anything
         raise
     finally:

@@ -28,6 +28,9 @@ log = logging.getLogger("dlrun")
 # The MLflow run of a sweep: its id, written by the launching process into the sweep folder,
 # read by every job (whatever launcher runs it) to record itself as a child run.
 PARENT_FILE = ".dlrun-mlflow-parent"
+# A cross-validated run's folds folder holds the same file: the run's own MLflow run, made
+# before its folds (their parent), which the refit then logs into (start_cv).
+FOLDS = "folds"  # dlrun.crossval.FOLDS
 
 
 @dataclass
@@ -162,16 +165,13 @@ class MLflowLogger(NoLogger):
         self.guarded(self._start, run_dir, task_name)
 
     def _start(self, run_dir: Path, task_name: str) -> None:
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
         client = open_client(self.cfg)
+        own = run_dir / FOLDS / PARENT_FILE
+        if own.is_file():  # the refit of a cross-validated run: the run its folds are under
+            self.client, self.run_id = client, own.read_text().strip()
+            return
         experiment = experiment_id(client, self.cfg, task_name)
-        tags = {MLFLOW_RUN_NAME: run_dir.name, "dlrun.run_dir": str(run_dir.absolute())}
-        parent = run_dir.parent / PARENT_FILE
-        if parent.is_file():
-            tags[MLFLOW_PARENT_RUN_ID] = parent.read_text().strip()
-            tags[MLFLOW_RUN_NAME] = f"job {run_dir.name}"
-        run = retried(client.create_run, experiment, tags=tags)
+        run = retried(client.create_run, experiment, tags=run_tags(run_dir))
         self.client, self.run_id = client, run.info.run_id
 
     def guarded(self, call, *args) -> None:
@@ -335,6 +335,64 @@ def retried(call, *args, tries: int = 8, **kwargs):
                 raise
             time.sleep(0.1 * 2**attempt)
     return None
+
+
+def run_tags(run_dir: Path) -> dict:
+    """A run's MLflow tags: its name, its folder, and its parent run (its sweep's, or for a fold
+    its cross-validated run's) when there is one."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    tags = {MLFLOW_RUN_NAME: run_dir.name, "dlrun.run_dir": str(run_dir.absolute())}
+    parent = run_dir.parent / PARENT_FILE
+    if parent.is_file():
+        tags[MLFLOW_PARENT_RUN_ID] = parent.read_text().strip()
+        what = "fold" if run_dir.parent.name == FOLDS else "job"
+        tags[MLFLOW_RUN_NAME] = f"{what} {run_dir.name}"
+    return tags
+
+
+def start_cv(config, run_dir: Path) -> None:
+    """A cross-validated run that logs to MLflow: its own run, made before its folds so that
+    they record themselves as its children; the refit logs into it, or end_cv closes it with
+    the folds' scores. A resumed run keeps the run it had."""
+    cfg = mlflow_config(config.logger)
+    marker = run_dir / FOLDS / PARENT_FILE
+    if cfg is None or marker.is_file():
+        return
+    try:
+        import mlflow.tracking  # noqa: F401
+    except ImportError:  # the first fold says how to install it
+        return
+    try:
+        client = open_client(cfg)
+        experiment = experiment_id(client, cfg, str(config.task_name))
+        run = retried(client.create_run, experiment, tags=run_tags(run_dir))
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(run.info.run_id + "\n")
+    except Exception as ex:
+        log.warning("logger=mlflow: the cross-validated run's own run was not made (%s)", ex)
+
+
+def end_cv(config, run_dir: Path, summary: dict) -> None:
+    """A cross-validated run without a refit: its MLflow run ends with the folds' scores (the
+    refit's own logger closes it otherwise)."""
+    cfg = mlflow_config(config.logger)
+    marker = run_dir / FOLDS / PARENT_FILE
+    if cfg is None or not marker.is_file():
+        return
+    try:
+        from mlflow.entities import Metric, RunTag
+
+        client = open_client(cfg)
+        run_id = marker.read_text().strip()
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"final/val_{k}", float(v), now, 0) for k, v in summary["val"].items()]
+        tags = [RunTag("model", str(summary["model"])), RunTag("status", str(summary["status"]))]
+        retried(client.log_batch, run_id, metrics=metrics, tags=tags)
+        retried(client.log_artifact, run_id, str(run_dir / "summary.json"))
+        retried(client.set_terminated, run_id, "FINISHED")
+    except Exception as ex:
+        log.warning("logger=mlflow: the cross-validated run's own run was not closed (%s)", ex)
 
 
 def start_sweep(config, sweep_dir: Path) -> None:

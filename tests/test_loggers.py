@@ -110,3 +110,40 @@ def test_bad_logger_settings(tmp_path):
         train(tmp_path, "logger=csv", "logger.also=[wandb]")
     with pytest.raises(ConfigError, match="logger.also lists a logger twice"):
         train(tmp_path, "logger=csv", "logger.also=[csv]")
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_a_cross_validated_runs_folds_are_children_of_its_mlflow_run(tmp_path, refit):
+    """One MLflow run per command: the cross-validated run's, with its folds as child runs
+    (they used to be separate top-level runs beside the refit's)."""
+    store = tmp_path / "store" / "mlflow.db"
+    summary, run_dir = train(
+        tmp_path,
+        "data=iris",
+        "trainer.max_epochs=3",
+        "data.cv.folds=3",
+        f"data.cv.refit={str(refit).lower()}",
+        "logger=mlflow",
+        f"logger.tracking_uri=sqlite:///{store}",
+        "logger.experiment=cv",
+    )
+    mlflow = client(store)
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("cv").experiment_id])
+    parent_key = "mlflow.parentRunId"
+    (top,) = [r for r in runs if parent_key not in r.data.tags]
+    folds = sorted(
+        (r for r in runs if parent_key in r.data.tags), key=lambda r: r.data.tags["mlflow.runName"]
+    )
+    assert [r.data.tags["mlflow.runName"] for r in folds] == ["fold 1", "fold 2", "fold 3"]
+    assert {r.data.tags[parent_key] for r in folds} == {top.info.run_id}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert top.data.tags["mlflow.runName"] == run_dir.name
+    assert top.data.metrics["final/val_accuracy"] == pytest.approx(summary["val"]["accuracy"])
+    if refit:  # the refit logged its epochs, its params and its test scores into that run
+        assert top.data.params["data.cv.folds"] == "3"
+        assert top.data.metrics["final/test_accuracy"] == summary["test"]["accuracy"]
+        assert (
+            len(mlflow.get_metric_history(top.info.run_id, "train_loss")) == summary["epochs_run"]
+        )
+    else:
+        assert "final/test_accuracy" not in top.data.metrics
