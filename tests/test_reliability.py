@@ -212,7 +212,9 @@ def test_a_checkpoint_older_than_a_setting_resumes_when_the_setting_has_its_defa
         check_same_experiment(saved, other, tmp_path / "last.pt")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+)
 def test_a_signal_while_xgboost_fits_is_recorded_truthfully(tmp_path, signum):
     """An estimator has no epochs to keep: Ctrl-C used to be reported as "a second Ctrl-C" with
     a last.pt to resume from that does not exist, and SIGTERM killed it with summary.json left

@@ -258,7 +258,7 @@ def test_sigterm_stops_a_sweep_after_its_running_job(tmp_path):
     assert (sweep_dir / "0" / "checkpoints" / "last.pt").is_file()  # it can be resumed
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
 def test_a_signal_stops_a_parallel_sweep_and_its_workers(tmp_path, signum):
     """Under joblib the jobs run in worker processes. SIGTERM to the launching process alone (a
     scheduler's `kill`) used to end it at once while its workers trained on, orphaned; Ctrl-C
