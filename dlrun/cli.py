@@ -46,7 +46,7 @@ def _train(cfg: DictConfig) -> float | None:
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     main_rank = os.environ.get("RANK", "0") == "0"
     sweep_dir = Path(hydra_cfg.sweep.dir)
-    if sweeping and (folders.SWEEP_STOPPED or folders.sweep_stopped(sweep_dir)):
+    if sweeping and folders.sweep_stopped(sweep_dir) is not None:
         # a signal stopped the sweep (an earlier job, or the process that launched this one):
         # the jobs after it do not start (Hydra made the folder; it is empty)
         with contextlib.suppress(OSError):
@@ -81,7 +81,6 @@ def _train(cfg: DictConfig) -> float | None:
         if not isinstance(ex, UserError):
             raise
         if sweeping and isinstance(ex, Interrupted):  # Ctrl-C, SIGTERM: the whole sweep stops
-            folders.SWEEP_STOPPED = True
             folders.stop_sweep(sweep_dir, ex.exit_code - 128)
         _user_errors.append(ex)
         # A run stopped by a config problem leaves no folder of its own behind; a folder that
@@ -91,7 +90,6 @@ def _train(cfg: DictConfig) -> float | None:
     if Path(summary["run_dir"]) != run_dir:  # resumed into its own folder: keep no empty one
         fold_into(run_dir, Path(summary["run_dir"]))
     if sweeping and PENDING:  # a signal came after training (or to a job without a loop)
-        folders.SWEEP_STOPPED = True
         folders.stop_sweep(sweep_dir, PENDING[0])
     return summary["monitor"]["best"]  # what a Hydra sweeper optimizes
 

@@ -86,12 +86,12 @@ def cross_validate(cfg, conf, run_dir: Path) -> dict:
             summary = with_fold_scores(folds_only_summary(conf, summaries, run_dir), scores, conf)
         summary["wall_time_s"] = time.perf_counter() - started  # the folds' runs and the refit
         write_json(run_dir / "summary.json", summary)
-        if not cv.refit:
-            loggers.end_cv(cfg, run_dir, summary)
         if cv.refit:
             from dlrun.report import print_summary
 
             print_summary(summary, summary["family"])
+        else:
+            loggers.end_cv(cfg, run_dir, summary)
         print_cv(summary)
         return summary
     except BaseException:

@@ -54,10 +54,9 @@ class Claim:
 
 # folder (resolved) -> its claim, for every folder this process holds
 _HELD: dict[Path, Claim] = {}
-# A signal (Ctrl-C, SIGTERM) stopped a job of this process's sweep: the jobs after it are not
-# started, and the sweep is not recorded as finished (its report says how many never ran)
-SWEEP_STOPPED = False
-SWEEP_SIGNAL: int | None = None  # the signal that stopped this process's last sweep
+# The signal (Ctrl-C, SIGTERM) that stopped this process's last sweep: the jobs after it were
+# not started, and the sweep is not recorded as finished (its report says how many never ran)
+SWEEP_SIGNAL: int | None = None
 
 
 def stop_sweep(sweep_dir: Path, signum: int) -> None:
@@ -91,12 +90,12 @@ def _stop_jobs_elsewhere(sweep_dir: Path) -> dict:
     import signal
 
     def handler(signum, frame) -> None:
-        global SWEEP_STOPPED, SWEEP_SIGNAL
+        global SWEEP_SIGNAL
         if SWEEP_SIGNAL is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
-        SWEEP_STOPPED, SWEEP_SIGNAL = True, signum
+        SWEEP_SIGNAL = signum
         stop_sweep(sweep_dir, signum)
         for marker in Path(sweep_dir).glob(f"*/{RUN_MARKER}"):
             pid = _running_pid(marker)
@@ -109,15 +108,10 @@ def _stop_jobs_elsewhere(sweep_dir: Path) -> dict:
 
 def _running_pid(marker: Path) -> int | None:
     """The pid of the process that holds a run folder on this machine, while it runs."""
-    if not is_active(marker.parent, marker.name):
+    info = _holder(marker)
+    if info is None or info.get("host") != socket.gethostname():
         return None
-    try:
-        info = json.loads(marker.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
-        return None
-    return info.get("pid") if isinstance(info.get("pid"), int) else None
+    return info["pid"] if isinstance(info["pid"], int) else None
 
 
 def _key(path: Path) -> Path:
@@ -137,15 +131,22 @@ def _lock(fd: int) -> bool:
     return True
 
 
-def _owner(marker: Path, lead: str = "") -> str:
-    """' (pid N on HOST, started T)' from a marker file, or ''; only while that process runs."""
+def _holder(marker: Path) -> dict | None:
+    """What a marker file says of the process that holds its folder (pid, host, started), while
+    that process runs; else None."""
     if not is_active(marker.parent, marker.name):
-        return ""
+        return None
     try:
         info = json.loads(marker.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
-        return ""
-    if not isinstance(info, dict) or "pid" not in info:
+        return None
+    return info if isinstance(info, dict) and "pid" in info else None
+
+
+def _owner(marker: Path, lead: str = "") -> str:
+    """' (pid N on HOST, started T)' from a marker file, or ''; only while that process runs."""
+    info = _holder(marker)
+    if info is None:
         return ""
     return (
         f" ({lead}pid {info['pid']} on {info.get('host', '?')}, started {info.get('started', '?')})"
@@ -553,10 +554,10 @@ class RunFolders(Callback):
                     config.hydra.run.dir = str(claimed)
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        global SWEEP_STOPPED, SWEEP_SIGNAL
+        global SWEEP_SIGNAL
         from dlrun.launchers import check_launcher
 
-        SWEEP_STOPPED, SWEEP_SIGNAL = False, None
+        SWEEP_SIGNAL = None
 
         with _refusing():
             check_task_name(config.task_name)
@@ -596,7 +597,7 @@ class RunFolders(Callback):
         stopped = sweep_stopped(sweep_dir)  # by a signal, in this process or in a job's
         if stopped is not None:
             SWEEP_SIGNAL = SWEEP_SIGNAL or stopped
-        elif not SWEEP_STOPPED:
+        else:
             finish_sweep(sweep_dir)
         release(sweep_dir)
         sweep.report(sweep_dir)

@@ -352,47 +352,30 @@ def run_tags(run_dir: Path) -> dict:
 
 
 def start_cv(config, run_dir: Path) -> None:
-    """A cross-validated run that logs to MLflow: its own run, made before its folds so that
-    they record themselves as its children; the refit logs into it, or end_cv closes it with
-    the folds' scores. A resumed run keeps the run it had."""
+    """A cross-validated run that logs to MLflow: its own run, made (as any run's logger makes
+    one) before its folds so that they record themselves as its children; the refit logs into
+    it, or end_cv closes it with the folds' scores. A resumed run keeps the run it had."""
     cfg = mlflow_config(config.logger)
     marker = run_dir / FOLDS / PARENT_FILE
     if cfg is None or marker.is_file():
         return
-    try:
-        import mlflow.tracking  # noqa: F401
-    except ImportError:  # the first fold says how to install it
-        return
-    try:
-        client = open_client(cfg)
-        experiment = experiment_id(client, cfg, str(config.task_name))
-        run = retried(client.create_run, experiment, tags=run_tags(run_dir))
+    run_id = MLflowLogger(cfg, run_dir, str(config.task_name)).run_id  # (None: a warning said why)
+    if run_id is not None:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(run.info.run_id + "\n")
-    except Exception as ex:
-        log.warning("logger=mlflow: the cross-validated run's own run was not made (%s)", ex)
+        marker.write_text(run_id + "\n")
 
 
 def end_cv(config, run_dir: Path, summary: dict) -> None:
-    """A cross-validated run without a refit: its MLflow run ends with the folds' scores (the
-    refit's own logger closes it otherwise)."""
-    cfg = mlflow_config(config.logger)
-    marker = run_dir / FOLDS / PARENT_FILE
-    if cfg is None or not marker.is_file():
-        return
-    try:
-        from mlflow.entities import Metric, RunTag
+    """A cross-validated run without a refit: its MLflow run is closed as a run's logger closes
+    it (the config, the folds' means as `final/val_*`, the tags, summary.json), by a logger
+    that takes that run on (the refit's own logger closes it otherwise)."""
+    from omegaconf import OmegaConf
 
-        client = open_client(cfg)
-        run_id = marker.read_text().strip()
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"final/val_{k}", float(v), now, 0) for k, v in summary["val"].items()]
-        tags = [RunTag("model", str(summary["model"])), RunTag("status", str(summary["status"]))]
-        retried(client.log_batch, run_id, metrics=metrics, tags=tags)
-        retried(client.log_artifact, run_id, str(run_dir / "summary.json"))
-        retried(client.set_terminated, run_id, "FINISHED")
-    except Exception as ex:
-        log.warning("logger=mlflow: the cross-validated run's own run was not closed (%s)", ex)
+    cfg = mlflow_config(config.logger)
+    if cfg is None or not (run_dir / FOLDS / PARENT_FILE).is_file():
+        return
+    logger = MLflowLogger(cfg, run_dir, str(config.task_name))
+    logger.close(OmegaConf.to_container(config, resolve=True), summary, run_dir)
 
 
 def start_sweep(config, sweep_dir: Path) -> None:

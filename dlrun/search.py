@@ -281,7 +281,6 @@ class Search:
         if multi_objective(self.settings):
             self.settings.pruner = "none"
         self.lock = threading.Lock()
-        self.interrupted = False  # a trial was stopped by SIGINT / SIGTERM: no new trials
 
     def open_study(self):
         import optuna
@@ -354,7 +353,7 @@ class Search:
         if workers == 1:
             for _ in range(todo):
                 returns.append(self.trial(study))
-                if self.interrupted:
+                if self.stopped():
                     break
         else:
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -366,12 +365,12 @@ class Search:
                     )
                     for future in done:
                         returns.append(future.result())
-                        if started < todo and not self.interrupted:
+                        if started < todo and not self.stopped():
                             running.add(pool.submit(self.trial, study))
                             started += 1
         finished = study.get_trials()
         log.info("search: %s", tally(finished))
-        if self.interrupted:
+        if self.stopped():
             log.warning(
                 "search: stopped by a signal (Ctrl-C or SIGTERM); run the same command to "
                 "continue the study where it stopped"
@@ -399,6 +398,13 @@ class Search:
                 "same overrides, or start a new search (hydra.sweeper.study_name or "
                 "hydra.sweep.dir)."
             )
+
+    def stopped(self) -> bool:
+        """Whether a signal stopped the search (Ctrl-C or SIGTERM, to a trial or to this
+        process: dlrun.folders.stop_sweep): no new trial starts."""
+        from dlrun.folders import sweep_stopped
+
+        return sweep_stopped(self.sweep_dir) is not None
 
     def workers(self) -> int:
         """hydra.sweeper.n_jobs, or the launcher's own (joblib's n_jobs); the in-process
@@ -446,8 +452,6 @@ class Search:
         except (OSError, ValueError):
             summary = {}
         status = summary.get("status")
-        if status == "interrupted":  # Ctrl-C (or SIGTERM) stops the search, not this trial alone
-            self.interrupted = True
         if status == "pruned":
             return TrialState.PRUNED, None
         if status != "completed":
